@@ -1,0 +1,5 @@
+import sys
+
+from clipvip.cli import main
+
+sys.exit(main())
