@@ -1,0 +1,119 @@
+"""The workflow skeleton: config schema, software-env sync, lint, dry run."""
+from __future__ import annotations
+
+import copy
+import re
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+
+import pytest
+import yaml
+
+from clipvip.config import ConfigError, finetune_options, validate_config, variants
+
+REPO = Path(__file__).resolve().parents[1]
+SCHEMA = REPO / "workflow/schemas/config.schema.yaml"
+SNAKEMAKE = str(Path(sys.executable).with_name("snakemake"))
+
+
+def demo_config() -> dict:
+    return yaml.safe_load((REPO / "config.yaml").read_text())
+
+
+def test_demo_config_is_valid_and_defaults_are_filled():
+    config = validate_config(demo_config(), SCHEMA)
+    assert config["datasets"]["demo_msrvtt"]["text_mode"] == "sample"
+    assert config["evaluate"]["split"] == "test"  # default from the schema
+    assert config["launch"] == {"launcher": "local", "tasks": 1}
+    assert set(variants(config)) == {"vip-vsc_fc", "meanpool-vsc_fc"}
+
+
+@pytest.mark.parametrize(
+    "path, value, message",
+    [
+        (("datasets", "demo_msrvtt", "num_frames"), "eight", r"datasets\.demo_msrvtt\.num_frames: 'eight' is not of type 'integer'"),
+        (("frames", "jpeg_quality"), 10, r"frames\.jpeg_quality: 10 is less than the minimum of 50"),
+        (("ablation", "video_encoder"), ["vip", "lstm"], r"ablation\.video_encoder\.1: 'lstm' is not one of"),
+        (("datasets", "demo_didemo", "text_mode"), "concat", r"datasets\.demo_didemo\.text_mode: 'concat' is not one of"),
+        (("pretrain", "dataset"), "nope", r"pretrain\.dataset: 'nope' is not one of datasets"),
+        (("finetune", "datasets"), ["demo_msrvtt", "lsmdc"], r"finetune\.datasets: 'lsmdc' is not one of datasets"),
+    ],
+)
+def test_schema_errors_name_the_key(path, value, message):
+    config = demo_config()
+    node = config
+    for key in path[:-1]:
+        node = node[key]
+    node[path[-1]] = value
+    with pytest.raises(ConfigError, match=message):
+        validate_config(config, SCHEMA)
+
+
+def test_unknown_key_is_rejected():
+    config = demo_config()
+    config["frames"]["shardsize"] = 3
+    with pytest.raises(ConfigError, match=r"frames: Additional properties are not allowed \('shardsize'"):
+        validate_config(config, SCHEMA)
+
+
+def test_disabled_demo_drops_its_datasets(tmp_path):
+    config = demo_config()
+    config["demo"]["enabled"] = False
+    with pytest.raises(ConfigError, match="no dataset left"):
+        validate_config(copy.deepcopy(config), SCHEMA)
+    config["datasets"]["msrvtt"] = {"video_dir": "/data/msrvtt", "annotations": {"train": "t.jsonl"}}
+    config["pretrain"]["enabled"] = False
+    config["finetune"] = {"datasets": ["msrvtt"]}
+    validated = validate_config(config, SCHEMA)
+    assert list(validated["datasets"]) == ["msrvtt"]
+
+
+def test_finetune_options_layering():
+    config = validate_config(demo_config(), SCHEMA)
+    opts = finetune_options(config, "meanpool-vsc_fc", "demo_didemo")
+    assert opts["video_encoder"] == "meanpool"
+    assert opts["loss"] == "vs"  # fine-tuning is L(V,T) whatever the post-pretraining loss was
+    assert opts["epochs"] == config["finetune"]["per_dataset"]["demo_didemo"]["epochs"]
+    assert opts["text_mode"] == "join"
+
+
+def _requirement_name(req: str) -> str:
+    return re.split(r"[<>=!~\[ @;]", req, maxsplit=1)[0].lower().replace("_", "-")
+
+
+def test_conda_env_mirrors_pyproject_pins():
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    env = yaml.safe_load((REPO / "workflow/envs/clipvip.yaml").read_text())
+    pip = next(d["pip"] for d in env["dependencies"] if isinstance(d, dict))
+    env_reqs = {_requirement_name(r): r.replace(" ", "") for r in pip}
+    for req in project["dependencies"]:
+        name = _requirement_name(req)
+        assert name in env_reqs, f"{name} is in pyproject.toml but not in workflow/envs/clipvip.yaml"
+        assert env_reqs[name] == req.replace(" ", ""), f"{name}: pyproject {req!r} vs env {env_reqs[name]!r}"
+
+
+def run_snakemake(*args: str, cwd: Path = REPO, timeout: int = 300) -> subprocess.CompletedProcess:
+    return subprocess.run([SNAKEMAKE, *args], cwd=cwd, capture_output=True, text=True, timeout=timeout)
+
+
+def test_snakemake_lint_is_clean():
+    proc = run_snakemake("--lint")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_dry_run_of_the_demo_lists_every_stage(tmp_path):
+    proc = run_snakemake("-n", "--config", f"results={tmp_path}/results")
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    for rule in ["demo_data", "tiny_models", "split_ids_demo_msrvtt", "frames", "frames_index", "captions",
+                 "pretrain", "finetune", "evaluate", "tables"]:
+        assert re.search(rf"^{rule}\s+\d+", proc.stdout, re.M), f"rule {rule} missing from the dry run"
+
+
+def test_bad_config_stops_snakemake_before_any_job(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("frames:\n  jpeg_quality: high\n")
+    proc = run_snakemake("-n", "--configfile", str(bad))
+    assert proc.returncode != 0
+    assert "config error at frames.jpeg_quality: 'high' is not of type 'integer'" in proc.stdout + proc.stderr

@@ -1,0 +1,23 @@
+# Tables shaped like the paper's (CSV + Markdown) and plots, all in `snakemake --report`.
+
+
+rule tables:
+    input:
+        metrics=eval_targets(),
+        train_logs=train_logs(),
+    output:
+        csv=report(f"{R}/tables/retrieval.csv", caption="../report/retrieval_table.rst", category="Tables"),
+        md=report(f"{R}/tables/retrieval.md", caption="../report/retrieval_table.rst", category="Tables"),
+        loss=report(f"{R}/tables/loss_curves.png", caption="../report/loss_curves.rst", category="Plots"),
+        recall=report(f"{R}/tables/recall_at_k.png", caption="../report/recall_at_k.rst", category="Plots"),
+    params:
+        out_dir=f"{R}/tables",
+    log:
+        f"{R}/logs/tables.log",
+    benchmark:
+        f"{R}/benchmarks/tables.tsv"
+    conda:
+        "../envs/clipvip.yaml"
+    shell:
+        "clipvip tables --metrics {input.metrics} --train-logs {input.train_logs}"
+        " --out-dir {params.out_dir} > {log} 2>&1"
