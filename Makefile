@@ -7,6 +7,8 @@ STAMP  := $(VENV)/.clipvip-installed
 CORES  ?= 2
 export TORCH_EXTENSIONS_DIR ?= $(CURDIR)/.torch_extensions
 export OMP_NUM_THREADS ?= 1
+# Rules call the `clipvip` console script: the venv must be first on PATH.
+export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
 .PHONY: setup demo test test-fast lint bench report clean
 

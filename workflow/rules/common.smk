@@ -19,6 +19,7 @@ R = config["results"]
 DATASETS = config["datasets"]
 VARIANTS = variants(config)
 DEMO = config["demo"]
+DEMO_OPTIONS = {k: v for k, v in DEMO.items() if k != "enabled"}
 DEMO_DIR = f"{R}/demo"
 PRETRAINED_DIR = f"{R}/pretrained"
 
@@ -50,7 +51,7 @@ def dataset_clip_ids(ds):
     if is_demo_dataset(ds):
         from clipvip.demo_data import clip_ids
 
-        return clip_ids(DEMO, ds)
+        return clip_ids(DEMO_OPTIONS, ds)
     missing = [p for p in annotation_files(ds) if not os.path.exists(p)]
     if missing:
         raise WorkflowError(f"dataset {ds}: annotation file(s) not found: {', '.join(missing)}")

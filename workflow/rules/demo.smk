@@ -14,7 +14,7 @@ if DEMO["enabled"]:
             annotations=demo_annotation_outputs(),
             done=f"{DEMO_DIR}/DONE.json",
         params:
-            options=as_json({k: v for k, v in DEMO.items() if k != "enabled"}),
+            options=as_json(DEMO_OPTIONS),
             out=DEMO_DIR,
         log:
             f"{R}/logs/demo_data.log",

@@ -22,7 +22,7 @@ def row_identity(wc):
                 "encoder": config["evaluate"]["zero_shot_encoder"], "loss": "-"}
     stage, variant = wc.row.split("-", 1)
     return {**identity, "method": "CLIP-ViP", "stage": "zero-shot" if stage == "pretrained" else "fine-tuned",
-            **VARIANTS[variant]}
+            "encoder": VARIANTS[variant]["video_encoder"], "loss": VARIANTS[variant]["loss"]}
 
 
 def evaluate_options(wc):

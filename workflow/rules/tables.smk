@@ -8,6 +8,7 @@ rule tables:
     output:
         csv=report(f"{R}/tables/retrieval.csv", caption="../report/retrieval_table.rst", category="Tables"),
         md=report(f"{R}/tables/retrieval.md", caption="../report/retrieval_table.rst", category="Tables"),
+        md_dsl=report(f"{R}/tables/retrieval_dsl.md", caption="../report/retrieval_dsl.rst", category="Tables"),
         loss=report(f"{R}/tables/loss_curves.png", caption="../report/loss_curves.rst", category="Plots"),
         recall=report(f"{R}/tables/recall_at_k.png", caption="../report/recall_at_k.rst", category="Plots"),
     params:

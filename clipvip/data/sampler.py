@@ -1,0 +1,101 @@
+"""A distributed sampler that can resume in the middle of an epoch with the same sample order.
+
+Usage (the trainer's loop):
+    >>> sampler = ResumableDistributedSampler(len(ds), num_replicas=world, rank=rank, seed=42)
+    >>> sampler.load_state_dict(ckpt["sampler"])          # only when resuming
+    >>> for epoch in range(sampler.epoch, epochs):
+    ...     sampler.set_epoch(epoch); ds.set_epoch(epoch)
+    ...     for batch in loader:
+    ...         step(batch)
+    ...         sampler.advance(len(batch["clip_id"]))    # samples this rank has really consumed
+    ...         ckpt["sampler"] = sampler.state_dict()   # {"epoch", "position", ...}
+
+Order: the epoch's permutation is ``torch.randperm(n, generator seeded with seed + epoch)`` (identity when
+``shuffle=False``), padded by wrapping around to a multiple of ``num_replicas`` (or truncated with
+``drop_last``), and rank ``r`` takes ``perm[r::num_replicas]`` -- the same as
+``torch.utils.data.DistributedSampler``. Shards are disjoint except for the wrap-around padding.
+
+Why ``advance`` and not counting in ``__iter__``: DataLoader workers prefetch indices ahead of the
+training step, so the sampler cannot know what was consumed; the trainer tells it. ``set_epoch`` with the
+epoch restored by ``load_state_dict`` keeps the position; any other epoch starts at 0. ``len(sampler)``
+is what is left of the current epoch on this rank; ``num_samples`` is a full epoch's share.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+from torch.utils.data import Sampler
+
+
+class ResumableDistributedSampler(Sampler[int]):
+    def __init__(
+        self,
+        dataset_len: int,
+        num_replicas: int = 1,
+        rank: int = 0,
+        shuffle: bool = True,
+        seed: int = 0,
+        drop_last: bool = False,
+    ):
+        if dataset_len < 1:
+            raise ValueError("cannot sample from an empty dataset")
+        if not 0 <= rank < num_replicas:
+            raise ValueError(f"rank {rank} out of range for {num_replicas} replicas")
+        self.dataset_len = int(dataset_len)
+        self.num_replicas = int(num_replicas)
+        self.rank = int(rank)
+        self.shuffle = bool(shuffle)
+        self.seed = int(seed)
+        self.drop_last = bool(drop_last)
+        if self.drop_last and self.dataset_len < self.num_replicas:
+            raise ValueError(f"drop_last with {dataset_len} samples leaves nothing for {num_replicas} ranks")
+        self.num_samples = (
+            self.dataset_len // self.num_replicas
+            if self.drop_last
+            else math.ceil(self.dataset_len / self.num_replicas)
+        )
+        self.epoch = 0
+        self.position = 0
+
+    def _epoch_indices(self) -> list[int]:
+        if self.shuffle:
+            gen = torch.Generator().manual_seed(self.seed + self.epoch)
+            order = torch.randperm(self.dataset_len, generator=gen).tolist()
+        else:
+            order = list(range(self.dataset_len))
+        total = self.num_samples * self.num_replicas
+        while len(order) < total:  # wrap around (possibly several times for tiny datasets)
+            order += order[: total - len(order)]
+        return order[:total][self.rank :: self.num_replicas]
+
+    def __iter__(self):
+        return iter(self._epoch_indices()[self.position :])
+
+    def __len__(self) -> int:
+        return self.num_samples - self.position
+
+    def set_epoch(self, epoch: int) -> None:
+        if int(epoch) != self.epoch:
+            self.epoch, self.position = int(epoch), 0
+
+    def advance(self, num_consumed: int) -> None:
+        """Record that the trainer consumed ``num_consumed`` more samples of this epoch on this rank."""
+        self.position = min(self.position + int(num_consumed), self.num_samples)
+
+    def state_dict(self) -> dict:
+        return {
+            "epoch": self.epoch,
+            "position": self.position,
+            "seed": self.seed,
+            "dataset_len": self.dataset_len,
+            "num_replicas": self.num_replicas,
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        # A different dataset size, seed or world size would silently change the order: refuse.
+        for key in ("seed", "dataset_len", "num_replicas"):
+            if key in state and state[key] != getattr(self, key):
+                raise ValueError(f"sampler state has {key}={state[key]}, this sampler {getattr(self, key)}")
+        self.epoch = int(state["epoch"])
+        self.position = min(int(state["position"]), self.num_samples)

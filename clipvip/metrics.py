@@ -1,0 +1,135 @@
+"""Text<->video retrieval metrics (pure numpy, exact).
+
+Usage:
+    from clipvip.metrics import all_metrics, retrieval_metrics
+    sim = text_features @ video_features.T           # [num_texts, num_videos], cosine similarities
+    result = all_metrics(sim, text_to_video_index)   # {"t2v": {...}, "v2t": {...}, "t2v_dsl": ..., "v2t_dsl": ...}
+    result["t2v"]  ->  {"R1": 50.0, "R5": 100.0, "R10": 100.0, "MdR": 1.5, "MnR": 1.5}
+
+Definitions (each query has one or more ground-truth items):
+    * rank = 1 + the number of NON-ground-truth items whose score is >= the best ground-truth score.
+      Ties are ranked pessimistically: an item tied with the ground truth counts as ranked above it, so a
+      constant similarity matrix gives every query the worst rank (the official CLIP-ViP/CLIP4Clip code
+      ranks ties optimistically instead).
+    * R@K = percentage of queries with rank <= K; MdR / MnR = median / mean of the 1-based ranks.
+    * text->video (t2v): every caption is a query; its ground truth is its video.
+    * video->text (v2t): every video is a query over all captions; with several captions per video (MSR-VTT
+      train-style sets) the video scores a hit at the best rank among its captions, i.e. the minimum over
+      its captions c of 1 + #(other videos' captions scoring >= c).
+    * DSL (dual softmax, Cheng et al. 2021 "CAMoE"): ``scores = sim * softmax(100 * sim)`` with the
+      softmax over the *queries* for each gallery item. t2v DSL: text x video matrix, softmax over texts
+      for each video (axis 0), exactly as CLIP-ViP's ``np_softmax(sim_matrix*100, axis=0)``.
+      v2t DSL (default ``v2t_dsl="transpose"``): the same rule on the transposed matrix (video x text,
+      softmax over videos for each text), so each direction uses the prior over its own queries.
+      CLIP-ViP's released evaluation instead reuses the t2v-DSL matrix transposed for v2t
+      (``compute_metrics(sim_matrix.T)`` after the axis-0 softmax); ``v2t_dsl="clipvip"`` reproduces that.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+
+METRIC_KEYS = ("R1", "R5", "R10", "MdR", "MnR")
+DSL_TEMPERATURE = 100.0
+
+
+def dual_softmax(sim: np.ndarray, temperature: float = DSL_TEMPERATURE) -> np.ndarray:
+    """``sim * softmax(temperature * sim, axis=0)`` for a query x item matrix (softmax over the queries).
+
+    The one definition lives in ``clipvip.losses.dual_softmax`` (torch); it runs here in float64 on CPU
+    (torch's softmax subtracts the maximum, so it is exact for any finite input). torch is imported lazily.
+    """
+    import torch
+
+    from clipvip.losses import dual_softmax as dsl
+
+    return dsl(torch.from_numpy(np.asarray(sim, dtype=np.float64)), temperature).numpy()
+
+
+def ranks_from_positives(scores: np.ndarray, positive: np.ndarray) -> np.ndarray:
+    """1-based pessimistic rank of each row's best positive: 1 + #negatives scoring >= that positive.
+
+    ``scores`` and ``positive`` (bool) are [num_queries, num_items]; every row needs >= 1 positive.
+    """
+    scores = np.asarray(scores, dtype=np.float64)
+    positive = np.asarray(positive, dtype=bool)
+    if scores.shape != positive.shape:
+        raise ValueError(f"scores {scores.shape} and positive {positive.shape} differ in shape")
+    if not positive.any(axis=1).all():
+        raise ValueError("every query needs at least one ground-truth item")
+    best = np.where(positive, scores, -np.inf).max(axis=1, keepdims=True)
+    return 1 + ((scores >= best) & ~positive).sum(axis=1)
+
+
+def summarize_ranks(ranks: Sequence[int] | np.ndarray) -> dict[str, float]:
+    """R@1/5/10 (percent), MdR and MnR (1-based) of an array of ranks."""
+    ranks = np.asarray(ranks, dtype=np.float64)
+    if ranks.size == 0:
+        raise ValueError("no queries to summarize")
+    out = {f"R{k}": float(100.0 * np.mean(ranks <= k)) for k in (1, 5, 10)}
+    out["MdR"] = float(np.median(ranks))
+    out["MnR"] = float(np.mean(ranks))
+    return out
+
+
+def retrieval_metrics(sim: np.ndarray, gt: Sequence[int] | np.ndarray) -> dict[str, float]:
+    """Metrics of a query x item similarity matrix where query i's ground truth is item ``gt[i]``."""
+    sim = np.asarray(sim)
+    gt = np.asarray(gt, dtype=np.int64)
+    if sim.ndim != 2 or gt.shape != (sim.shape[0],):
+        raise ValueError(f"need sim [Q, N] and gt [Q]; got {sim.shape} and {gt.shape}")
+    positive = np.zeros(sim.shape, dtype=bool)
+    positive[np.arange(len(gt)), gt] = True
+    return summarize_ranks(ranks_from_positives(sim, positive))
+
+
+def _text_video_positive(text_to_video: np.ndarray, num_videos: int) -> np.ndarray:
+    positive = np.zeros((len(text_to_video), num_videos), dtype=bool)
+    positive[np.arange(len(text_to_video)), text_to_video] = True
+    return positive
+
+
+def t2v_metrics(sim: np.ndarray, text_to_video: Sequence[int] | np.ndarray) -> dict[str, float]:
+    """Text->video: every text (row of the text x video ``sim``) is a query."""
+    return retrieval_metrics(sim, text_to_video)
+
+
+def v2t_metrics(sim: np.ndarray, text_to_video: Sequence[int] | np.ndarray) -> dict[str, float]:
+    """Video->text on a text x video ``sim``: a video hits at the best rank among its own captions."""
+    sim = np.asarray(sim)
+    text_to_video = np.asarray(text_to_video, dtype=np.int64)
+    positive = _text_video_positive(text_to_video, sim.shape[1])
+    return summarize_ranks(ranks_from_positives(sim.T, positive.T))
+
+
+def all_metrics(
+    sim_text_by_video: np.ndarray,
+    text_to_video_index: Sequence[int] | np.ndarray,
+    v2t_dsl: str = "transpose",
+) -> dict[str, dict[str, float]]:
+    """``t2v``, ``v2t``, ``t2v_dsl``, ``v2t_dsl`` for a text x video similarity matrix.
+
+    ``text_to_video_index[i]`` is the column of text i's video; every video needs >= 1 text.
+    ``v2t_dsl``: "transpose" (softmax over videos per text) or "clipvip" (the released code's reuse of the
+    t2v-DSL matrix); see the module docstring.
+    """
+    sim = np.asarray(sim_text_by_video, dtype=np.float64)
+    idx = np.asarray(text_to_video_index, dtype=np.int64)
+    if sim.ndim != 2 or idx.shape != (sim.shape[0],):
+        raise ValueError(f"need sim [texts, videos] and index [texts]; got {sim.shape} and {idx.shape}")
+    if idx.min(initial=0) < 0 or idx.max(initial=0) >= sim.shape[1]:
+        raise ValueError("text_to_video_index out of range")
+    t2v_dsl_scores = dual_softmax(sim)
+    if v2t_dsl == "transpose":
+        v2t_dsl_scores = dual_softmax(sim.T).T
+    elif v2t_dsl == "clipvip":
+        v2t_dsl_scores = t2v_dsl_scores
+    else:
+        raise ValueError(f"v2t_dsl must be 'transpose' or 'clipvip', got {v2t_dsl!r}")
+    return {
+        "t2v": t2v_metrics(sim, idx),
+        "v2t": v2t_metrics(sim, idx),
+        "t2v_dsl": t2v_metrics(t2v_dsl_scores, idx),
+        "v2t_dsl": v2t_metrics(v2t_dsl_scores, idx),
+    }

@@ -1,0 +1,120 @@
+"""DeepSpeed checkpoint housekeeping and the consolidated fp32 model export.
+
+Usage:
+    tag = step_tag(120)                        # "global_step120"
+    prune(ckpt_dir, keep=2, protect={best})    # rank 0, after a save
+    export_model(ckpt_dir, tag, zero_stage, config, tokenizer, out / "model")   # rank 0
+
+Layout of ``--checkpoint-dir``: DeepSpeed's ``<tag>/`` folders + ``latest`` (written by DeepSpeed only after
+every rank finished saving, so a kill mid-save leaves the previous checkpoint as the one resumed), periodic
+tags ``global_step<N>``, the best-validation tag ``best_step<N>``, and ``status.json``
+(``{"status": "running"|"done"|"preempted"|"diverged", "step"}``) which the launching parent reads to map
+torchrun's generic failure to our exit code.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+from pathlib import Path
+
+EXIT_DIVERGED = 3    # NaN/inf loss: last good checkpoint kept, nothing saved
+EXIT_PREEMPTED = 75  # EX_TEMPFAIL: checkpointed after SIGTERM/SIGUSR1; rerun to resume
+STATUS_CODES = {"done": 0, "diverged": EXIT_DIVERGED, "preempted": EXIT_PREEMPTED}
+
+
+def step_tag(step: int) -> str:
+    return f"global_step{step}"
+
+
+def best_tag(step: int) -> str:
+    return f"best_step{step}"
+
+
+def tag_step(tag: str) -> int:
+    match = re.search(r"(\d+)$", tag)
+    return int(match.group(1)) if match else -1
+
+
+def latest_tag(ckpt_dir: Path) -> str | None:
+    path = Path(ckpt_dir) / "latest"
+    if not path.is_file():
+        return None
+    tag = path.read_text().strip()
+    return tag if (Path(ckpt_dir) / tag).is_dir() else None
+
+
+def prune(ckpt_dir: Path, keep: int, protect: set[str]) -> None:
+    """Delete all but the ``keep`` newest ``global_step*`` tags and every ``best_step*`` not protected."""
+    ckpt_dir = Path(ckpt_dir)
+    periodic = sorted((p for p in ckpt_dir.glob("global_step*") if p.is_dir()), key=lambda p: tag_step(p.name))
+    doomed = periodic[: max(0, len(periodic) - max(1, keep))]
+    doomed += [p for p in ckpt_dir.glob("best_step*") if p.is_dir()]
+    latest = latest_tag(ckpt_dir)
+    for path in doomed:
+        if path.name not in protect and path.name != latest:
+            shutil.rmtree(path, ignore_errors=True)
+
+
+def write_json_atomic(path: Path, value) -> None:
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(value, indent=2, default=str) + "\n")
+    os.replace(tmp, path)
+
+
+def write_status(ckpt_dir: Path, status: str, step: int) -> None:
+    write_json_atomic(Path(ckpt_dir) / "status.json", {"status": status, "step": step})
+
+
+def read_status(ckpt_dir: Path) -> dict:
+    try:
+        return json.loads((Path(ckpt_dir) / "status.json").read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def consolidated_state_dict(ckpt_dir: Path, tag: str, zero_stage: int, prefix: str = "model.") -> dict:
+    """fp32 weights of the wrapped model from a DeepSpeed checkpoint, wrapper prefix stripped.
+
+    ZeRO 1-3 keep the fp32 master in per-rank optimizer shards: DeepSpeed's own
+    ``get_fp32_state_dict_from_zero_checkpoint`` reassembles them. At stage 0 there is no ZeRO shard; the
+    whole module sits in ``mp_rank_00_model_states.pt`` (fp32 on CPU; cast in case of bf16/fp16 modules).
+    """
+    import torch
+
+    if zero_stage == 0:
+        states = torch.load(Path(ckpt_dir) / tag / "mp_rank_00_model_states.pt", map_location="cpu",
+                            weights_only=False)
+        state = {k: v.float() if v.is_floating_point() else v for k, v in states["module"].items()}
+    else:
+        from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+
+        state = get_fp32_state_dict_from_zero_checkpoint(str(ckpt_dir), tag=tag)
+    return {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+
+
+def export_model(ckpt_dir: Path, tag: str, zero_stage: int, model_config, tokenizer, out_dir: Path) -> None:
+    """Write ``out_dir`` = ``CLIPViPModel.save_pretrained`` + tokenizer, atomically (``<out>.tmp`` then rename)."""
+    import torch
+
+    from clipvip.model import CLIPViPModel
+
+    state = consolidated_state_dict(ckpt_dir, tag, zero_stage)
+    model = CLIPViPModel(model_config)
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    persistent = set(model.state_dict())
+    missing = [k for k in missing if k in persistent]
+    if missing or unexpected:
+        raise RuntimeError(f"checkpoint {tag} does not match the model: missing {missing[:5]}, "
+                           f"unexpected {unexpected[:5]}")
+    out_dir = Path(out_dir)
+    tmp = out_dir.with_name(out_dir.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    with torch.no_grad():
+        model.save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    if out_dir.exists():
+        shutil.rmtree(out_dir)
+    os.replace(tmp, out_dir)

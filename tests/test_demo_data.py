@@ -1,0 +1,166 @@
+"""The synthetic demo corpus: ids, determinism, reversed twins, captions that match the rendered motion."""
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import av
+import numpy as np
+import pytest
+
+from clipvip.demo_data import (DATASETS, DIRECTIONS, DemoOptions, annotation_files, clip_ids, clip_specs, main,
+                               render_clip, reverse_motions)
+
+REPO = Path(__file__).resolve().parents[1]
+SMALL = {"seed": 3, "pretrain_clips": 12, "msrvtt_clips": {"train": 6, "val": 2, "test": 2},
+         "didemo_clips": {"train": 4, "val": 2, "test": 3}, "workers": 1}
+WORD_TO_DIRECTION = {"right": "right", "left": "left", "up": "up", "upward": "up", "down": "down",
+                     "downward": "down"}
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def directions_in(text: str) -> list[str]:
+    return [WORD_TO_DIRECTION[w] for w in re.findall(r"\b(right|left|upward|downward|up|down)\b", text)]
+
+
+def decode(path: Path) -> np.ndarray:
+    with av.open(str(path)) as container:
+        return np.stack([f.to_ndarray(format="rgb24") for f in container.decode(video=0)])
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("demo")
+    assert main(["--out", str(out), "--options", json.dumps(SMALL)]) == 0
+    return out
+
+
+def test_written_ids_match_clip_ids_and_layout(corpus):
+    done = json.loads((corpus / "DONE.json").read_text())
+    assert done["clips"] == {"demo_pretrain": {"train": 12}, "demo_msrvtt": {"train": 6, "val": 2, "test": 2},
+                             "demo_didemo": {"train": 4, "val": 2, "test": 3}}
+    all_videos = sorted(p.stem for p in (corpus / "videos").glob("*.mp4"))
+    assert done["num_videos"] == len(all_videos) == 12 + 10 + 9
+    for dataset, (prefix, _) in DATASETS.items():
+        files = annotation_files(corpus, dataset, SMALL)
+        assert list(files) == (["train"] if dataset == "demo_pretrain" else ["train", "val", "test"])
+        written = sorted(line["clip_id"] for path in files.values() for line in read_jsonl(path))
+        assert written == clip_ids(SMALL, dataset) == [v for v in all_videos if v.startswith(prefix + "_")]
+        for path in files.values():
+            assert all(set(line) == {"clip_id", "text"} for line in read_jsonl(path))
+    assert clip_ids(SMALL, "demo_msrvtt")[:3] == ["msr_00000", "msr_00001", "msr_00002"]
+    with pytest.raises(ValueError, match="unknown demo dataset"):
+        clip_ids(SMALL, "msrvtt")
+
+
+def test_same_options_give_identical_corpus(corpus, tmp_path):
+    assert main(["--out", str(tmp_path), "--options", json.dumps(SMALL)]) == 0
+    for name in sorted(p.name for p in (corpus / "annotations").iterdir()):
+        assert (tmp_path / "annotations" / name).read_bytes() == (corpus / "annotations" / name).read_bytes()
+    assert (tmp_path / "DONE.json").read_text() == (corpus / "DONE.json").read_text()
+    # Lossless H.264 (crf 0): the decoded frames are identical, whatever bytes x264 chose.
+    videos = sorted(p.name for p in (corpus / "videos").iterdir())
+    assert videos == sorted(p.name for p in (tmp_path / "videos").iterdir())
+    for name in videos:
+        np.testing.assert_array_equal(decode(tmp_path / "videos" / name), decode(corpus / "videos" / name))
+    other = dict(SMALL, seed=4)
+    assert main(["--out", str(tmp_path / "other"), "--options", json.dumps(other)]) == 0
+    assert (tmp_path / "other/annotations/demo_msrvtt_train.jsonl").read_text() != \
+        (corpus / "annotations/demo_msrvtt_train.jsonl").read_text()
+
+
+def test_twins_are_exactly_reversed_with_their_own_motions(corpus):
+    options = DemoOptions.from_dict(SMALL)
+    meta = {m["clip_id"]: m for m in read_jsonl(corpus / "annotations/demo_didemo_meta.jsonl")}
+    specs = {s.clip_id: s for s in clip_specs(options, "demo_didemo")}
+    assert meta["dd_00000"]["twin_of"] == "dd_00001" and meta["dd_00001"]["twin_of"] == "dd_00000"
+    assert meta["dd_00008"]["twin_of"] is None  # test split has 3 clips: the last has no partner
+    for forward_id in ("dd_00000", "dd_00002", "dd_00004", "dd_00006"):
+        twin_id = meta[forward_id]["twin_of"]
+        assert meta[twin_id]["split"] == meta[forward_id]["split"]
+        assert meta[twin_id]["motions"] == reverse_motions(meta[forward_id]["motions"])
+        assert meta[twin_id]["motions"] != meta[forward_id]["motions"]
+        forward, twin = render_clip(specs[forward_id], options), render_clip(specs[twin_id], options)
+        np.testing.assert_array_equal(twin, forward[::-1])
+        decoded_forward, decoded_twin = decode(corpus / f"videos/{forward_id}.mp4"), decode(corpus / f"videos/{twin_id}.mp4")
+        assert decoded_forward.shape == (32, 64, 64, 3)
+        np.testing.assert_array_equal(decoded_twin, decoded_forward[::-1])  # lossless, so exact
+        assert np.abs(decoded_forward.astype(int) - forward).mean() < 2  # only the yuv420p round trip
+
+
+@pytest.mark.parametrize("dataset", list(DATASETS))
+def test_rendered_motion_follows_the_meta_motions(corpus, dataset):
+    options = DemoOptions.from_dict(SMALL)
+    for spec in clip_specs(options, dataset):
+        frames = render_clip(spec, options)
+        shape_mask = np.any(frames != np.array(spec.background, np.uint8), axis=-1)
+        ys, xs = zip(*(np.argwhere(mask).mean(0) for mask in shape_mask))
+        steps = np.diff(np.stack([xs, ys], 1), axis=0)
+        moves = []
+        for dx, dy in steps:
+            direction = next(name for name, (ux, uy) in DIRECTIONS.items()
+                             if (ux and np.sign(dx) == ux and abs(dx) > abs(dy)) or
+                             (uy and np.sign(dy) == uy and abs(dy) > abs(dx)))
+            if not moves or moves[-1] != direction:
+                moves.append(direction)
+        assert moves == spec.motions, spec.clip_id
+        # The shape stays inside the frame and moves every frame (no repeated frames).
+        assert shape_mask[:, [0, -1], :].sum() == 0 and shape_mask[:, :, [0, -1]].sum() == 0
+        assert all(np.linalg.norm(step) >= 1 for step in steps)
+
+
+def test_captions_state_colour_shape_and_motions_in_order(corpus):
+    meta = {m["clip_id"]: m for ds in DATASETS for m in read_jsonl(corpus / f"annotations/{ds}_meta.jsonl")}
+    for line in read_jsonl(corpus / "annotations/demo_msrvtt_train.jsonl"):
+        m = meta[line["clip_id"]]
+        assert isinstance(line["text"], list) and len(line["text"]) == 5 and len(set(line["text"])) == 5
+        for caption in line["text"]:
+            assert f"{m['colour']} {m['shape']}" in caption and directions_in(caption) == m["motions"]
+    for split in ("val", "test"):
+        for line in read_jsonl(corpus / f"annotations/demo_msrvtt_{split}.jsonl"):
+            assert isinstance(line["text"], str) and directions_in(line["text"]) == meta[line["clip_id"]]["motions"]
+    for split in ("train", "val", "test"):
+        for line in read_jsonl(corpus / f"annotations/demo_didemo_{split}.jsonl"):
+            m = meta[line["clip_id"]]
+            assert len(line["text"]) == len(m["motions"])
+            assert line["text"][0].startswith(f"the {m['colour']} {m['shape']} moves ")
+            assert [directions_in(s) for s in line["text"]] == [[d] for d in m["motions"]]
+    subtitles = read_jsonl(corpus / "annotations/demo_pretrain_train.jsonl")
+    mentioning = [s for s in subtitles if directions_in(s["text"]) == meta[s["clip_id"]]["motions"]]
+    assert len(mentioning) >= len(subtitles) // 2
+    assert all(s["text"] == s["text"].lower() and "." not in s["text"] for s in subtitles)
+
+
+def test_bad_options_are_rejected_with_the_key_named(tmp_path, capsys):
+    assert main(["--out", str(tmp_path), "--options", '{"frames": 3}']) == 2
+    assert "unknown keys ['frames']" in capsys.readouterr().err
+    assert main(["--out", str(tmp_path), "--options", '{"frame_size": 63}']) == 2
+    assert "frame_size" in capsys.readouterr().err
+    assert not (tmp_path / "DONE.json").exists()
+
+
+def test_killed_run_never_looks_complete_and_rerun_recovers(tmp_path):
+    big = dict(SMALL, pretrain_clips=2000)
+    proc = subprocess.Popen([sys.executable, "-m", "clipvip", "demo-data", "--out", str(tmp_path), "--options",
+                             json.dumps(big)], cwd=REPO, env={**os.environ, "OMP_NUM_THREADS": "1"},
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    tmp_dir = tmp_path / f".demo-tmp-{proc.pid}"
+    deadline = time.time() + 30
+    while not list(tmp_dir.glob("videos/*.mp4")) and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.02)
+    assert proc.poll() is None, "demo-data finished before it could be killed"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=30)
+    assert not (tmp_path / "DONE.json").exists() and not (tmp_path / "videos").exists()
+    assert main(["--out", str(tmp_path), "--options", json.dumps(SMALL)]) == 0
+    assert (tmp_path / "DONE.json").exists() and not tmp_dir.exists()
+    assert len(list((tmp_path / "videos").glob("*.mp4"))) == 31
