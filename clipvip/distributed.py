@@ -132,9 +132,14 @@ def init_distributed_env(launcher: str, backend: str = "auto") -> DistInfo:
         env.setdefault("LOCAL_RANK", env["RANK"])
     else:
         raise SystemExit(f"launcher must be one of {LAUNCHERS}, got {launcher!r}")
-    return DistInfo(rank=int(env["RANK"]), world_size=int(env["WORLD_SIZE"]), local_rank=int(env["LOCAL_RANK"]),
+    info = DistInfo(rank=int(env["RANK"]), world_size=int(env["WORLD_SIZE"]), local_rank=int(env["LOCAL_RANK"]),
                     master_addr=env["MASTER_ADDR"], master_port=int(env["MASTER_PORT"]),
                     backend=resolve_backend(backend))
+    # One line per rank in the job log: which launcher started it and where the ranks meet.
+    print(f"[clipvip] rank {info.rank}/{info.world_size} local_rank {info.local_rank} launcher {launcher} "
+          f"host {socket.gethostname()} master {info.master_addr}:{info.master_port} "
+          f"slurm_job {env.get('SLURM_JOB_ID', '-')}", file=sys.stderr, flush=True)
+    return info
 
 
 def relaunch_local(module_argv: list[str], nprocs: int) -> int:

@@ -262,6 +262,26 @@ def test_sampler_rank_shards_are_disjoint_and_cover(drop_last):
     assert list(s) == list(again) != shards[0]
 
 
+def test_sampler_groups_stay_in_one_global_batch():
+    """group_size=2 keeps (2k, 2k+1) -- the demo's time-reversed twins -- inside the same global batch."""
+    n, world, micro, g = 40, 2, 4, 2
+    for epoch in range(3):
+        shards = []
+        for rank in range(world):
+            sampler = ResumableDistributedSampler(n, world, rank, seed=1, group_size=g)
+            sampler.set_epoch(epoch)
+            shards.append(list(sampler))
+        assert sorted(sum(shards, [])) == list(range(n))
+        for step in range(n // (world * micro)):
+            batch = {i for shard in shards for i in shard[step * micro:(step + 1) * micro]}
+            assert all(i ^ 1 in batch for i in batch), (epoch, step, sorted(batch))
+    plain = ResumableDistributedSampler(n, 1, 0, seed=1)
+    grouped = ResumableDistributedSampler(n, 1, 0, seed=1, group_size=g)
+    assert list(plain) != list(grouped)
+    with pytest.raises(ValueError, match="group_size"):
+        ResumableDistributedSampler(n, 1, 0, seed=1).load_state_dict(grouped.state_dict())
+
+
 def test_sampler_resumes_mid_epoch_with_the_same_order():
     uninterrupted = ResumableDistributedSampler(50, 2, 1, shuffle=True, seed=3)
     reference = {}

@@ -15,6 +15,11 @@ Order: the epoch's permutation is ``torch.randperm(n, generator seeded with seed
 ``drop_last``), and rank ``r`` takes ``perm[r::num_replicas]`` -- the same as
 ``torch.utils.data.DistributedSampler``. Shards are disjoint except for the wrap-around padding.
 
+``group_size`` g > 1 permutes runs of g consecutive dataset indices instead of single indices, so the members
+of a group land in the same global batch (features are all-gathered, so ranks do not matter): hard negatives
+such as the demo's time-reversed twins, or clusters of similar videos (VideoCLIP-style retrieval-augmented
+batches) written as consecutive annotation lines. A global batch should be a multiple of g.
+
 Why ``advance`` and not counting in ``__iter__``: DataLoader workers prefetch indices ahead of the
 training step, so the sampler cannot know what was consumed; the trainer tells it. ``set_epoch`` with the
 epoch restored by ``load_state_dict`` keeps the position; any other epoch starts at 0. ``len(sampler)``
@@ -37,6 +42,7 @@ class ResumableDistributedSampler(Sampler[int]):
         shuffle: bool = True,
         seed: int = 0,
         drop_last: bool = False,
+        group_size: int = 1,
     ):
         if dataset_len < 1:
             raise ValueError("cannot sample from an empty dataset")
@@ -48,6 +54,9 @@ class ResumableDistributedSampler(Sampler[int]):
         self.shuffle = bool(shuffle)
         self.seed = int(seed)
         self.drop_last = bool(drop_last)
+        if group_size < 1:
+            raise ValueError(f"group_size must be >= 1, got {group_size}")
+        self.group_size = int(group_size)
         if self.drop_last and self.dataset_len < self.num_replicas:
             raise ValueError(f"drop_last with {dataset_len} samples leaves nothing for {num_replicas} ranks")
         self.num_samples = (
@@ -61,7 +70,9 @@ class ResumableDistributedSampler(Sampler[int]):
     def _epoch_indices(self) -> list[int]:
         if self.shuffle:
             gen = torch.Generator().manual_seed(self.seed + self.epoch)
-            order = torch.randperm(self.dataset_len, generator=gen).tolist()
+            g = self.group_size
+            groups = torch.randperm(math.ceil(self.dataset_len / g), generator=gen).tolist()
+            order = [i for k in groups for i in range(k * g, min((k + 1) * g, self.dataset_len))]
         else:
             order = list(range(self.dataset_len))
         total = self.num_samples * self.num_replicas
@@ -90,11 +101,12 @@ class ResumableDistributedSampler(Sampler[int]):
             "seed": self.seed,
             "dataset_len": self.dataset_len,
             "num_replicas": self.num_replicas,
+            "group_size": self.group_size,
         }
 
     def load_state_dict(self, state: dict) -> None:
         # A different dataset size, seed or world size would silently change the order: refuse.
-        for key in ("seed", "dataset_len", "num_replicas"):
+        for key in ("seed", "dataset_len", "num_replicas", "group_size"):
             if key in state and state[key] != getattr(self, key):
                 raise ValueError(f"sampler state has {key}={state[key]}, this sampler {getattr(self, key)}")
         self.epoch = int(state["epoch"])
