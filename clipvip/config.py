@@ -48,6 +48,9 @@ def _where(error: jsonschema.ValidationError) -> str:
 
 def validate_config(config: dict, schema_path: str | Path) -> dict:
     """Validate ``config`` against the schema, fill defaults in place, check cross references; return it."""
+    demo = config.get("demo") or {}
+    if demo.get("enabled"):
+        _fill_missing(config, demo.get("defaults") or {})
     validator = _validator_with_defaults(load_schema(schema_path))
     errors = sorted(validator.iter_errors(config), key=lambda e: list(e.absolute_path))
     if errors:
@@ -56,9 +59,17 @@ def validate_config(config: dict, schema_path: str | Path) -> dict:
     # Defaults filled into sub-objects created by defaults need a second pass to fill their own defaults.
     validator.validate(config)
     _expand_results(config, config["results"])
-    _drop_inactive_demo_datasets(config)
     _check_references(config)
     return config
+
+
+def _fill_missing(config: dict, defaults: dict) -> None:
+    """Deep-merge ``defaults`` under ``config`` in place: keys the config already has win."""
+    for key, value in defaults.items():
+        if key not in config:
+            config[key] = json.loads(json.dumps(value))
+        elif isinstance(config[key], dict) and isinstance(value, dict):
+            _fill_missing(config[key], value)
 
 
 def _expand_results(node, results: str):
@@ -73,17 +84,6 @@ def _expand_results(node, results: str):
 
 def demo_dir(config: dict) -> str:
     return f"{config['results']}/demo"
-
-
-def _drop_inactive_demo_datasets(config: dict) -> None:
-    """A --configfile overlay is merged into config.yaml's demo; without the demo its datasets must go too."""
-    if config["demo"].get("enabled"):
-        return
-    prefix = demo_dir(config)
-    for name in [n for n, ds in config["datasets"].items() if ds["video_dir"].startswith(prefix)]:
-        del config["datasets"][name]
-    if not config["datasets"]:
-        raise ConfigError("config error at datasets: no dataset left (the demo is disabled and no other is given)")
 
 
 def _check_references(config: dict) -> None:

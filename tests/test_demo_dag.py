@@ -25,9 +25,9 @@ def fast_overlay(results: Path, **finetune_per_dataset) -> dict:
                  "didemo_clips": {"train": 16, "val": 8, "test": 8}},
         "frames": {"shard_size": 16},
         "captions": {"batch_size": 8},
-        "pretrain": {"options": {"epochs": 1, "batch_size": 8, "checkpoint_every": 100}},
-        "finetune": {"options": {"epochs": 1, "batch_size": 8, "checkpoint_every": 100},
-                     "per_dataset": {"demo_didemo": {"epochs": 1, **finetune_per_dataset}}},
+        "pretrain": {"options": {"max_steps": 4, "batch_size": 8, "checkpoint_every": 100}},
+        "finetune": {"options": {"max_steps": 4, "batch_size": 8, "checkpoint_every": 100, "eval_every": 2},
+                     "per_dataset": {"demo_didemo": {"max_steps": 3, **finetune_per_dataset}}},
         "ablation": {"video_encoder": ["vip"], "loss": ["vsc_fc"]},
     }
 

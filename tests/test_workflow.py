@@ -25,6 +25,7 @@ def demo_config() -> dict:
 def test_demo_config_is_valid_and_defaults_are_filled():
     config = validate_config(demo_config(), SCHEMA)
     assert config["datasets"]["demo_msrvtt"]["text_mode"] == "sample"
+    assert config["base_model"] == "results/pretrained/clip"  # {results} expanded
     assert config["evaluate"]["split"] == "test"  # default from the schema
     assert config["launch"] == {"launcher": "local", "tasks": 1}
     assert set(variants(config)) == {"vip-vsc_fc", "meanpool-vsc_fc"}
@@ -45,7 +46,7 @@ def test_schema_errors_name_the_key(path, value, message):
     config = demo_config()
     node = config
     for key in path[:-1]:
-        node = node[key]
+        node = node.setdefault(key, {})
     node[path[-1]] = value
     with pytest.raises(ConfigError, match=message):
         validate_config(config, SCHEMA)
@@ -53,21 +54,37 @@ def test_schema_errors_name_the_key(path, value, message):
 
 def test_unknown_key_is_rejected():
     config = demo_config()
-    config["frames"]["shardsize"] = 3
+    config["frames"] = {"shardsize": 3}
     with pytest.raises(ConfigError, match=r"frames: Additional properties are not allowed \('shardsize'"):
         validate_config(config, SCHEMA)
 
 
-def test_disabled_demo_drops_its_datasets(tmp_path):
+def test_overlay_values_win_over_demo_defaults():
+    config = demo_config()
+    config["finetune"] = {"options": {"lr": 1e-3}}
+    validated = validate_config(config, SCHEMA)
+    assert validated["finetune"]["options"]["lr"] == 1e-3
+    assert validated["finetune"]["options"]["group_size"] == 2  # still filled from the demo's defaults
+    assert validated["finetune"]["datasets"] == ["demo_msrvtt", "demo_didemo"]
+
+
+def test_disabled_demo_leaves_nothing_of_the_demo_behind():
+    """A real-data overlay starts from the paper's settings, not from the demo's tiny-model values."""
     config = demo_config()
     config["demo"]["enabled"] = False
-    with pytest.raises(ConfigError, match="no dataset left"):
+    with pytest.raises(ConfigError, match=r"<top level>: 'datasets' is a required property"):
         validate_config(copy.deepcopy(config), SCHEMA)
-    config["datasets"]["msrvtt"] = {"video_dir": "/data/msrvtt", "annotations": {"train": "t.jsonl"}}
-    config["pretrain"]["enabled"] = False
+    config["datasets"] = {"msrvtt": {"video_dir": "/data/msrvtt", "annotations": {"train": "t.jsonl"}}}
     config["finetune"] = {"datasets": ["msrvtt"]}
+    with pytest.raises(ConfigError, match=r"'base_model' is a required property"):
+        validate_config(copy.deepcopy(config), SCHEMA)
+    config["base_model"] = "openai/clip-vit-base-patch32"
     validated = validate_config(config, SCHEMA)
     assert list(validated["datasets"]) == ["msrvtt"]
+    assert validated["frames"]["short_side"] == 224 and validated["datasets"]["msrvtt"]["num_frames"] == 12
+    assert validated["pretrain"]["enabled"] is False
+    assert finetune_options(validated, "vip-vsc_fc", "msrvtt") == {
+        "num_frames": 12, "max_text_len": 50, "text_mode": "sample", "loss": "vs", "video_encoder": "vip"}
 
 
 def test_finetune_options_layering():
@@ -75,7 +92,8 @@ def test_finetune_options_layering():
     opts = finetune_options(config, "meanpool-vsc_fc", "demo_didemo")
     assert opts["video_encoder"] == "meanpool"
     assert opts["loss"] == "vs"  # fine-tuning is L(V,T) whatever the post-pretraining loss was
-    assert opts["epochs"] == config["finetune"]["per_dataset"]["demo_didemo"]["epochs"]
+    assert opts["max_steps"] == config["finetune"]["per_dataset"]["demo_didemo"]["max_steps"]
+    assert opts["lr"] == config["finetune"]["options"]["lr"]
     assert opts["text_mode"] == "join"
 
 

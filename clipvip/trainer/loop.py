@@ -121,8 +121,11 @@ class Trainer:
         from clipvip.ds_config import batch_geometry, warmup_steps
 
         _, self.micro, self.accum = batch_geometry(opts.batch_size, opts.micro_batch_per_gpu, opts.grad_accum, world)
+        if opts.batch_size % opts.group_size:
+            raise SystemExit(f"--options: batch_size {opts.batch_size} is not a multiple of group_size "
+                             f"{opts.group_size}: groups would straddle batches")
         self.sampler = ResumableDistributedSampler(len(self.dataset), num_replicas=world, rank=self.info.rank,
-                                                   shuffle=True, seed=opts.seed)
+                                                   shuffle=True, seed=opts.seed, group_size=opts.group_size)
         self.steps_per_epoch = self.sampler.num_samples // (self.micro * self.accum)
         if self.steps_per_epoch < 1:
             raise SystemExit(f"{len(self.dataset)} training clips cannot fill one global batch of {opts.batch_size}")

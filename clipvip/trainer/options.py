@@ -33,6 +33,8 @@ class TrainOptions:
     text_mode: str = "sample"          # "sample" one caption per video per step | "join" paragraph sentences
     dedup_texts: bool = True           # identical texts in a batch count as positives (no false negatives)
     num_workers: int = 2               # DataLoader workers per rank
+    group_size: int = 1                # keep runs of this many consecutive annotation lines in one batch
+                                       # (hard negatives, e.g. the demo's time-reversed twins; see sampler)
     # --- schedule
     epochs: float = 1.0                # passes over the training videos (fractions allowed)
     max_steps: int | None = None       # optimizer steps; overrides epochs when set

@@ -23,5 +23,3 @@ rule captions:
         " --options {params.options:q} > {log} 2>&1"
 
 
-def caption_files(ds):
-    return expand(f"{R}/captions/{ds}/{{shard}}.jsonl", shard=shards(ds))

@@ -19,7 +19,6 @@ R = config["results"]
 DATASETS = config["datasets"]
 VARIANTS = variants(config)
 DEMO = config["demo"]
-DEMO_OPTIONS = {k: v for k, v in DEMO.items() if k != "enabled"}
 DEMO_DIR = f"{R}/demo"
 PRETRAINED_DIR = f"{R}/pretrained"
 
@@ -51,7 +50,7 @@ def dataset_clip_ids(ds):
     if is_demo_dataset(ds):
         from clipvip.demo_data import clip_ids
 
-        return clip_ids(DEMO_OPTIONS, ds)
+        return clip_ids(DEMO["corpus"], ds)
     missing = [p for p in annotation_files(ds) if not os.path.exists(p)]
     if missing:
         raise WorkflowError(f"dataset {ds}: annotation file(s) not found: {', '.join(missing)}")
@@ -74,7 +73,7 @@ def frame_index(ds):
 
 def local_model_input(path):
     """A model given as a folder the workflow builds (or that exists) is an input; a hub name is not."""
-    if config["tiny_models"]["enabled"] and path.startswith(PRETRAINED_DIR):
+    if DEMO["enabled"] and path.startswith(PRETRAINED_DIR):
         return [f"{PRETRAINED_DIR}/DONE.json"]
     return [path] if os.path.exists(path) else []
 
@@ -119,3 +118,55 @@ def all_targets():
     targets = [f"{R}/tables/retrieval.md"]
     targets += [frame_index(ds) for ds in DATASETS]
     return targets
+
+
+def demo_annotation_outputs():
+    return sorted(
+        {p for ds in DATASETS if is_demo_dataset(ds) for p in DATASETS[ds]["annotations"].values()}
+    )
+
+
+def caption_files(ds):
+    return expand(f"{R}/captions/{ds}/{{shard}}.jsonl", shard=shards(ds))
+
+
+def train_resources():
+    # `mpi` tells the SLURM jobstep plugin that the shell starts its own ranks (profiles set it to "srun").
+    return {"launcher": config["launch"]["launcher"], "tasks": config["launch"]["tasks"], "mpi": ""}
+
+
+def finetune_val_args(wc):
+    ann = DATASETS[wc.ds]["annotations"]
+    if "val" not in ann:
+        return ""
+    return f"--val-annotations {ann['val']} --val-frames-index {frame_index(wc.ds)}"
+
+
+def row_model(row, ds):
+    if row == "base":
+        return config["base_model"]
+    stage, variant = row.split("-", 1)
+    return pretrained_model(variant) if stage == "pretrained" else f"{R}/runs/finetune/{variant}/{ds}/model"
+
+
+def row_model_input(wc):
+    if wc.row == "base":
+        return local_model_input(config["base_model"])
+    return [row_model(wc.row, wc.ds)]
+
+
+def row_identity(wc):
+    identity = {"dataset": wc.ds, "split": wc.split}
+    if wc.row == "base":
+        return {**identity, "method": "CLIP (zero-shot)", "stage": "zero-shot",
+                "encoder": config["evaluate"]["zero_shot_encoder"], "loss": "-"}
+    stage, variant = wc.row.split("-", 1)
+    return {**identity, "method": "CLIP-ViP", "stage": "zero-shot" if stage == "pretrained" else "fine-tuned",
+            "encoder": VARIANTS[variant]["video_encoder"], "loss": VARIANTS[variant]["loss"]}
+
+
+def evaluate_options(wc):
+    opts = {**dataset_settings(config, wc.ds), **config["evaluate"]["options"]}
+    if wc.row == "base":
+        opts["video_encoder"] = config["evaluate"]["zero_shot_encoder"]
+    return opts

@@ -1,12 +1,6 @@
 # The embedded demo: a synthetic video-text corpus and tiny models built locally (no hub access).
 
 
-def demo_annotation_outputs():
-    return sorted(
-        {p for ds in DATASETS if is_demo_dataset(ds) for p in DATASETS[ds]["annotations"].values()}
-    )
-
-
 if DEMO["enabled"]:
 
     rule demo_data:
@@ -14,8 +8,8 @@ if DEMO["enabled"]:
             annotations=demo_annotation_outputs(),
             done=f"{DEMO_DIR}/DONE.json",
         params:
-            options=as_json(DEMO_OPTIONS),
-            out=DEMO_DIR,
+            options=as_json(DEMO["corpus"]),
+            out=lambda wc, output: os.path.dirname(output.done),
         log:
             f"{R}/logs/demo_data.log",
         benchmark:
@@ -26,14 +20,12 @@ if DEMO["enabled"]:
             "clipvip demo-data --out {params.out} --options {params.options:q} > {log} 2>&1"
 
 
-if config["tiny_models"]["enabled"]:
-
     rule tiny_models:
         output:
             done=f"{PRETRAINED_DIR}/DONE.json",
         params:
-            options=as_json({k: v for k, v in config["tiny_models"].items() if k != "enabled"}),
-            out=PRETRAINED_DIR,
+            options=as_json(DEMO["tiny_models"]),
+            out=lambda wc, output: os.path.dirname(output.done),
         log:
             f"{R}/logs/tiny_models.log",
         benchmark:

@@ -2,36 +2,6 @@
 # zero-shot base CLIP, zero-shot post-pretrained, fine-tuned (selected on validation, reported on test).
 
 
-def row_model(row, ds):
-    if row == "base":
-        return config["base_model"]
-    stage, variant = row.split("-", 1)
-    return pretrained_model(variant) if stage == "pretrained" else f"{R}/runs/finetune/{variant}/{ds}/model"
-
-
-def row_model_input(wc):
-    if wc.row == "base":
-        return local_model_input(config["base_model"])
-    return [row_model(wc.row, wc.ds)]
-
-
-def row_identity(wc):
-    identity = {"dataset": wc.ds, "split": wc.split}
-    if wc.row == "base":
-        return {**identity, "method": "CLIP (zero-shot)", "stage": "zero-shot",
-                "encoder": config["evaluate"]["zero_shot_encoder"], "loss": "-"}
-    stage, variant = wc.row.split("-", 1)
-    return {**identity, "method": "CLIP-ViP", "stage": "zero-shot" if stage == "pretrained" else "fine-tuned",
-            "encoder": VARIANTS[variant]["video_encoder"], "loss": VARIANTS[variant]["loss"]}
-
-
-def evaluate_options(wc):
-    opts = {**dataset_settings(config, wc.ds), **config["evaluate"]["options"]}
-    if wc.row == "base":
-        opts["video_encoder"] = config["evaluate"]["zero_shot_encoder"]
-    return opts
-
-
 rule evaluate:
     input:
         model=row_model_input,

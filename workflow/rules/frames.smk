@@ -13,7 +13,7 @@ for _ds in DATASETS:
             expand(f"{R}/frames/{_ds}/ids/{{shard}}.txt", shard=shards(_ds)),
         params:
             shard_size=config["frames"]["shard_size"],
-            out_dir=f"{R}/frames/{_ds}/ids",
+            out_dir=lambda wc, output: os.path.dirname(output[0]),
         log:
             f"{R}/logs/split_ids/{_ds}.log",
         benchmark:

@@ -12,7 +12,7 @@ rule tables:
         loss=report(f"{R}/tables/loss_curves.png", caption="../report/loss_curves.rst", category="Plots"),
         recall=report(f"{R}/tables/recall_at_k.png", caption="../report/recall_at_k.rst", category="Plots"),
     params:
-        out_dir=f"{R}/tables",
+        out_dir=lambda wc, output: os.path.dirname(output.csv),
     log:
         f"{R}/logs/tables.log",
     benchmark:

@@ -5,11 +5,6 @@
 PRETRAIN = config["pretrain"]
 
 
-def train_resources():
-    # `mpi` tells the SLURM jobstep plugin that the shell starts its own ranks (profiles set it to "srun").
-    return {"launcher": config["launch"]["launcher"], "tasks": config["launch"]["tasks"], "mpi": ""}
-
-
 rule pretrain:
     input:
         index=lambda wc: frame_index(PRETRAIN["dataset"]),
@@ -38,13 +33,6 @@ rule pretrain:
         " --annotations {input.annotations} --captions {input.captions} --init {params.init:q}"
         " --out {params.run_dir} --checkpoint-dir {params.checkpoints} --options {params.options:q}"
         " --launcher {resources.launcher} --nprocs {resources.tasks} > {log} 2>&1"
-
-
-def finetune_val_args(wc):
-    ann = DATASETS[wc.ds]["annotations"]
-    if "val" not in ann:
-        return ""
-    return f"--val-annotations {ann['val']} --val-frames-index {frame_index(wc.ds)}"
 
 
 rule finetune:
