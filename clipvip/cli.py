@@ -17,6 +17,7 @@ import sys
 STAGES: dict[str, tuple[str, str]] = {
     "demo-data": ("clipvip.demo_data:main", "write the synthetic demo corpus (MP4s + JSONL annotations)"),
     "tiny-models": ("clipvip.tiny_models:main", "build the demo's tiny CLIP, tokenizer and captioner locally"),
+    "convert-official": ("clipvip.model.official:main", "turn a released CLIP-ViP .pt into a model folder"),
     "split-ids": ("clipvip.frames:split_ids_main", "split a dataset's clip ids into shard id lists"),
     "frames": ("clipvip.frames:main", "decode videos with decord into one HDF5 frame-store shard"),
     "frames-index": ("clipvip.frames:index_main", "merge a dataset's shards into an index + failure manifest"),

@@ -97,7 +97,12 @@ def _check_references(config: dict) -> None:
             )
         if "train" not in datasets[name]["annotations"]:
             raise ConfigError(f"config error at datasets.{name}.annotations: pre-training needs a 'train' split")
-    finetune = config.get("finetune", {})
+    finetune = config.setdefault("finetune", {})
+    if not finetune.get("datasets"):
+        # Default: fine-tune on every dataset with a train split except the pre-training corpus, so presets
+        # for several datasets combine without each replacing the others' list.
+        skip = pretrain.get("dataset") if pretrain.get("enabled") else None
+        finetune["datasets"] = [n for n, ds in datasets.items() if n != skip and "train" in ds["annotations"]]
     for name in finetune.get("datasets", []):
         if name not in datasets:
             raise ConfigError(

@@ -150,20 +150,3 @@ def test_checkpoint_pruning_keeps_newest_best_and_latest(tmp_path):
     (tmp_path / "latest").write_text("global_step8")
     prune(tmp_path, keep=2, protect={"best_step6"})
     assert sorted(p.name for p in tmp_path.iterdir() if p.is_dir()) == ["best_step6", "global_step6", "global_step8"]
-
-
-def test_presets_are_valid_train_options():
-    from pathlib import Path
-
-    import yaml
-
-    presets = sorted(Path(__file__).resolve().parents[1].joinpath("presets").glob("*.yaml"))
-    assert {p.stem for p in presets} >= {"pretrain_hdvila", "msrvtt", "didemo", "lsmdc", "activitynet"}
-    for path in presets:
-        doc = yaml.safe_load(path.read_text())
-        if "pretrain" in doc:
-            assert TrainOptions.from_dict(doc["pretrain"], "pretrain").lr == 5e-6
-        for name, opts in doc.get("finetune", {}).get("datasets", {}).items():
-            o = TrainOptions.from_dict(opts, "finetune")
-            assert (o.lr, o.weight_decay, o.batch_size, o.grad_clip) == (1e-6, 0.2, 128, 1.0), name
-            assert o.num_frames == (32 if name == "activitynet" else 12)

@@ -391,3 +391,17 @@ def test_fresh_init_follows_hf_clip_scheme():
     emb = vip.vision_model.embeddings
     assert 0.6 < emb.added_cls.std() < 1.4 and 0.01 < emb.temporal_embedding.std() < 0.03
     assert vip.logit_scale.item() == pytest.approx(math.log(100))
+
+
+def test_convert_official_cli_writes_a_loadable_folder(clip_dir, tmp_path):
+    from clipvip.cli import main as clipvip_main
+
+    source = _vip(clip_dir, temporal_init_std=0.3).eval()
+    torch.save(_official_state_dict(source), tmp_path / "release.pt")
+    assert clipvip_main(["convert-official", "--checkpoint", str(tmp_path / "release.pt"), "--base", str(clip_dir),
+                         "--tokenizer-from", str(clip_dir), "--out", str(tmp_path / "converted")]) == 0
+    converted = CLIPViPModel.from_pretrained(tmp_path / "converted").eval()
+    x = _video()
+    with torch.no_grad():
+        assert torch.allclose(converted.encode_video(x), source.encode_video(x), atol=5e-3)
+    assert (tmp_path / "converted" / "tokenizer.json").exists()

@@ -75,6 +75,9 @@ class Workflow:
         self.cluster, self.workdir = cluster, workdir
         self.results = workdir / "results"
         overlay = fast_overlay(self.results, **FAULT_RUN)
+        base = yaml.safe_load((REPO / "config.yaml").read_text())
+        if "corpus" in base["demo"] and "corpus" not in overlay.get("demo", {"corpus": 0}):
+            overlay["demo"] = {"corpus": overlay["demo"]}  # an overlay written before demo.corpus existed
         # One frame shard per dataset and no zero-shot rows: fewer tiny SLURM jobs, same code paths.
         overlay["frames"]["shard_size"] = 32
         overlay["evaluate"] = {"zero_shot": False}

@@ -135,3 +135,53 @@ def test_bad_config_stops_snakemake_before_any_job(tmp_path):
     proc = run_snakemake("-n", "--configfile", str(bad))
     assert proc.returncode != 0
     assert "config error at frames.jpeg_quality: 'high' is not of type 'integer'" in proc.stdout + proc.stderr
+
+
+def merge_overlay(base: dict, overlay: dict) -> dict:
+    """What Snakemake does with --configfile: nested dicts are updated, everything else replaced."""
+    for key, value in overlay.items():
+        if isinstance(value, dict) and isinstance(base.get(key), dict):
+            merge_overlay(base[key], value)
+        else:
+            base[key] = value
+    return base
+
+
+PATHS = {"base_model": "openai/clip-vit-base-patch32", "datasets": {
+    name: {"video_dir": f"/data/{name}", "annotations": {"train": "train.jsonl", "val": "val.jsonl", "test": "t.jsonl"}}
+    for name in ["msrvtt", "didemo", "lsmdc", "activitynet", "hdvila"]}}
+
+
+@pytest.mark.parametrize("dataset, frames, text_len, epochs", [
+    ("msrvtt", 12, 50, 100), ("didemo", 12, 50, 20), ("lsmdc", 12, 50, 10), ("activitynet", 32, 70, 20)])
+def test_presets_resolve_to_the_papers_settings_without_demo_values(dataset, frames, text_len, epochs):
+    from clipvip.trainer.options import TrainOptions
+
+    config = merge_overlay(demo_config(), yaml.safe_load((REPO / f"presets/{dataset}.yaml").read_text()))
+    config = merge_overlay(config, copy.deepcopy(PATHS))
+    config["datasets"] = {k: v for k, v in config["datasets"].items() if k == dataset}
+    config = validate_config(config, SCHEMA)
+    assert config["finetune"]["datasets"] == [dataset]
+    opts = TrainOptions.from_dict(finetune_options(config, "vip-vsc_fc", dataset), "finetune")
+    assert (opts.lr, opts.weight_decay, opts.batch_size, opts.grad_clip, opts.warmup_ratio) == (1e-6, 0.2, 128, 1.0, 0.01)
+    assert (opts.num_frames, opts.max_text_len, opts.epochs) == (frames, text_len, epochs)
+    # nothing of the demo leaks in: paper init of the temporal embedding, no step cap, no twin grouping
+    assert (opts.temporal_init_std, opts.max_steps, opts.group_size, opts.temporal_lr_mult) == (0.0, None, 1, 1.0)
+    assert config["frames"]["short_side"] == 224
+
+
+def test_pretraining_preset_combines_with_finetuning_presets():
+    from clipvip.config import pretrain_options
+    from clipvip.trainer.options import TrainOptions
+
+    config = demo_config()
+    for name in ["pretrain_hdvila", "msrvtt", "didemo"]:
+        merge_overlay(config, yaml.safe_load((REPO / f"presets/{name}.yaml").read_text()))
+    merge_overlay(config, copy.deepcopy(PATHS))
+    config["datasets"] = {k: v for k, v in config["datasets"].items() if k in ("hdvila", "msrvtt", "didemo")}
+    config = validate_config(config, SCHEMA)
+    assert sorted(config["finetune"]["datasets"]) == ["didemo", "msrvtt"]
+    assert set(variants(config)) == {"vip-vsc_fc"}
+    opts = TrainOptions.from_dict(pretrain_options(config, "vip-vsc_fc"), "pretrain")
+    assert (opts.lr, opts.weight_decay, opts.batch_size, opts.grad_clip, opts.loss) == (5e-6, 0.05, 1024, 5.0, "vsc_fc")
+    assert (opts.num_frames, opts.max_text_len, opts.temporal_init_std) == (12, 70, 0.0)

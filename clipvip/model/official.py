@@ -140,3 +140,31 @@ def load_official_checkpoint(path, base=None, **overrides) -> CLIPViPModel:
     if hasattr(model.video_encoder, "init_from_text_tower"):
         model.video_encoder.init_from_text_tower(model.text_model)
     return model
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``clipvip convert-official --checkpoint pretrain_clipvip_base_32.pt --tokenizer-from openai/clip-vit-base-patch32
+    --out DIR``: a released checkpoint as a model folder (config + safetensors + tokenizer) that
+    ``base_model`` and ``from_pretrained`` take, so fine-tuning can start from the official post-pretraining."""
+    import argparse
+
+    from transformers import CLIPTokenizerFast
+
+    parser = argparse.ArgumentParser(prog="clipvip convert-official", description=main.__doc__.splitlines()[0])
+    parser.add_argument("--checkpoint", required=True, help="released .pt (flat state dict, 'clipmodel.' keys)")
+    parser.add_argument("--base", default=None, help="HF CLIP name/folder for the config (default: infer from shapes)")
+    parser.add_argument("--tokenizer-from", default=None,
+                        help="HF CLIP name/folder whose tokenizer to save (default: the real CLIP BPE, built locally)")
+    parser.add_argument("--out", required=True, help="model folder to write")
+    args = parser.parse_args(argv)
+    model = load_official_checkpoint(args.checkpoint, base=args.base)
+    if args.tokenizer_from:
+        tokenizer = CLIPTokenizerFast.from_pretrained(args.tokenizer_from)
+    else:
+        from clipvip.tokenizer import build_clip_tokenizer
+
+        tokenizer = build_clip_tokenizer()
+    model.save_pretrained(args.out)
+    tokenizer.save_pretrained(args.out)
+    print(f"wrote {args.out} ({sum(p.numel() for p in model.parameters()) / 1e6:.1f} M parameters)")
+    return 0
