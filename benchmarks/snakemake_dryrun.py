@@ -34,7 +34,6 @@ def write_config(tmp: Path, n_clips: int) -> Path:
         "results": str(tmp / f"results_{n_clips}"),
         "base_model": "openai/clip-vit-base-patch32",
         "demo": {"enabled": False},
-        "tiny_models": {"enabled": False},
         "frames": {"shard_size": 1},
         "datasets": {
             "big": {"video_dir": str(tmp / "videos"), "annotations": {s: str(ann / f"{s}.jsonl") for s in

@@ -65,9 +65,11 @@ def _collate(items: list[dict]) -> torch.Tensor:
 @torch.no_grad()
 def encode_videos(model, dataset, batch_size: int, device: str, num_workers: int = 0, progress=None) -> torch.Tensor:
     """``[num_clips, P]`` float32 CPU features of every clip of an eval-mode ``FinetuneDataset``."""
+    from clipvip.data import normalize_pixels  # items carry uint8 pixels: normalised once, on the device
+
     loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers,
                                          collate_fn=_collate)
-    feats = [model.encode_video(px.to(device)).float().cpu()
+    feats = [model.encode_video(normalize_pixels(px, device)).float().cpu()
              for px in tqdm(loader, desc="eval videos", unit="batch", disable=_hide(progress))]
     return torch.cat(feats)
 

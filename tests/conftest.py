@@ -13,12 +13,21 @@ JPEG round trips stay high-PSNR, and every frame differs from every other one.
 """
 from __future__ import annotations
 
+import os
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from clipvip.video_io import write_video
+
+# Workflow rules and relaunched ranks call the `clipvip` console script and `torchrun`: the interpreter's
+# bin folder (the venv) comes first on PATH however pytest was started. DeepSpeed's JIT-built CPU op is
+# cached in the repo so only the first run on a machine pays for the build.
+os.environ["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
+os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(Path(__file__).resolve().parents[1] / ".torch_extensions"))
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 
 def synthetic_frames(num_frames: int, height: int, width: int, seed: int = 0) -> np.ndarray:

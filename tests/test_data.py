@@ -17,11 +17,14 @@ from clipvip.data import (
     CLIP_STD,
     ResumableDistributedSampler,
     TokenizingCollator,
+    crop_uint8,
     jitter_indices,
     load_tokenizer,
     nearest_positions,
+    normalize_pixels,
     read_annotations,
     read_captions,
+    to_device,
     tokenize,
     uniform_indices,
     video_transform,
@@ -133,6 +136,29 @@ def test_video_transform_rejects_bad_input():
         video_transform(np.zeros((2, 10, 10, 3), np.float32), 8)
     with pytest.raises(ValueError):
         video_transform(np.zeros((10, 10, 3), np.uint8), 8)
+
+
+@pytest.mark.parametrize("h, w, size", [(256, 340, 224), (64, 96, 64), (50, 70, 64)])
+def test_worker_crop_plus_device_normalisation_is_video_transform(h, w, size):
+    frames = _smooth_frames(3, h, w)
+    u8 = crop_uint8(frames, size)
+    assert u8.dtype == torch.uint8 and u8.shape == (3, 3, size, size)
+    assert torch.equal(video_transform(frames, size, normalize=False), u8)
+    assert torch.equal(normalize_pixels(u8), video_transform(frames, size))  # bit-identical: one code path
+    # a batch [B,T,3,S,S] normalises per channel like the single clip
+    batch = torch.stack([u8, u8.flip(0)])
+    assert torch.equal(normalize_pixels(batch)[1], normalize_pixels(u8.flip(0)))
+    ref = (u8.permute(0, 2, 3, 1).numpy() / np.float32(255) - CLIP_MEAN) / CLIP_STD
+    assert np.abs(normalize_pixels(u8).numpy() - ref.transpose(0, 3, 1, 2)).max() < 1e-5
+    assert normalize_pixels(u8, "cpu", torch.bfloat16).dtype == torch.bfloat16
+
+
+def test_normalize_pixels_refuses_double_normalisation():
+    x = video_transform(_smooth_frames(2, 64, 64), 64)
+    with pytest.raises(TypeError, match="uint8"):
+        normalize_pixels(x)  # already float: would be normalised twice
+    with pytest.raises(ValueError):
+        normalize_pixels(torch.zeros(2, 64, 64, 3, dtype=torch.uint8))  # channels last
 
 
 # ------------------------------------------------------------------------------------------ annotations
@@ -319,8 +345,11 @@ def _indexed_frames(n: int, h: int, w: int) -> np.ndarray:
 
 
 def _decoded_index(pixel_values: torch.Tensor) -> list[int]:
-    """Frame index of each transformed frame [T,3,S,S], read back from its mean brightness."""
-    raw = pixel_values * torch.tensor(CLIP_STD).view(1, 3, 1, 1) + torch.tensor(CLIP_MEAN).view(1, 3, 1, 1)
+    """Frame index of each frame [T,3,S,S] (uint8 item pixels, or normalised floats), from its mean brightness."""
+    if pixel_values.dtype == torch.uint8:
+        raw = pixel_values.double() / 255
+    else:
+        raw = pixel_values * torch.tensor(CLIP_STD).view(1, 3, 1, 1) + torch.tensor(CLIP_MEAN).view(1, 3, 1, 1)
     return [int(round((float(m) * 255 - LEVEL0) / STEP)) for m in raw.mean(dim=(1, 2, 3))]
 
 
@@ -366,7 +395,7 @@ def test_finetune_train_items_use_jittered_pool_frames(store):
     for i, record in enumerate(ds.records):
         n = CLIPS[record["clip_id"]][0]
         item = ds[i]
-        assert item["pixel_values"].shape == (8, 3, SHORT, SHORT) and item["pixel_values"].dtype == torch.float32
+        assert item["pixel_values"].shape == (8, 3, SHORT, SHORT) and item["pixel_values"].dtype == torch.uint8
         assert item["clip_id"] == record["clip_id"] and item["text"] in record["texts"] and item["index"] == i
         used = _decoded_index(item["pixel_values"])
         interval = int(n / 7)
@@ -404,8 +433,8 @@ def test_finetune_eval_items_are_the_store_uniform_frames(store):
         item = ds[i]
         clip_id = record["clip_id"]
         assert item["text"] == record["texts"][0]
-        expected = video_transform(store["index"].uniform(clip_id, 8), SHORT)
-        assert torch.equal(item["pixel_values"], expected)
+        expected = video_transform(store["index"].uniform(clip_id, 8), SHORT, normalize=False)
+        assert item["pixel_values"].dtype == torch.uint8 and torch.equal(item["pixel_values"], expected)
         assert _decoded_index(item["pixel_values"]) == uniform_indices(CLIPS[clip_id][0], 8).tolist()
 
 
@@ -434,8 +463,9 @@ def test_pretrain_items_and_caption_fallback(store):
         item = ds[i]
         clip_id, n = record["clip_id"], CLIPS[record["clip_id"]][0]
         assert item["pixel_values"].shape == (6, 3, SHORT, SHORT)
+        assert item["pixel_values"].dtype == item["frame_pixel_values"].dtype == torch.uint8
         assert item["frame_pixel_values"].shape == (1, 3, SHORT, SHORT)
-        assert torch.equal(item["frame_pixel_values"], video_transform(store["index"].middle(clip_id)[None], SHORT))
+        assert torch.equal(item["frame_pixel_values"], crop_uint8(store["index"].middle(clip_id)[None], SHORT))
         assert abs(_decoded_index(item["frame_pixel_values"])[0] - (n - 1) / 2) <= 1
         assert item["text"] in record["texts"]
         assert item["caption"] == captions.get(clip_id) or (clip_id == "c25" and item["caption"] in record["texts"])
@@ -468,3 +498,78 @@ def test_two_workers_give_the_same_batches_as_none(store, tokenizer, train):
         by_clip = [{c: p for b in epoch for c, p in zip(b["clip_id"], b["pixel_values"])}
                    for epoch in (serial[:2], serial[2:])]
         assert any(not torch.equal(by_clip[0][c], by_clip[1][c]) for c in by_clip[0])
+
+
+# ------------------------------------------------------------------------------------------ normalised exactly once
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory):
+    from clipvip.model import CLIPViPModel
+    from clipvip.model.tiny import build_tiny_clip
+
+    folder = build_tiny_clip(tmp_path_factory.mktemp("clip"), image_size=SHORT, patch_size=16, hidden_size=32,
+                             text_hidden=32, projection_dim=32)
+    loaded = CLIPViPModel.from_pretrained(folder, video_encoder="vip", temporal_init_std=0.02)
+    return (loaded[0] if isinstance(loaded, tuple) else loaded).eval()
+
+
+def _reference_features(model, clips: list[np.ndarray]) -> torch.Tensor:
+    """Features of ``video_transform(..., normalize=True)`` frames fed straight to the model."""
+    with torch.no_grad():
+        return model.encode_video(torch.stack([video_transform(f, SHORT) for f in clips]))
+
+
+def test_evaluation_normalises_exactly_once(store, tiny_model):
+    from clipvip.data import FinetuneDataset
+    from clipvip.evaluate import encode_videos
+
+    ds = FinetuneDataset(store["index"], store["anns"], 4, SHORT, train=False)
+    ours = encode_videos(tiny_model, ds, batch_size=2, device="cpu", progress=False)
+    ref = _reference_features(tiny_model, [store["index"].uniform(r["clip_id"], 4) for r in ds.records])
+    assert (ours - ref).abs().max() <= 1e-5
+    # sensitivity: skipping the mean/std step, or applying it twice, moves the features far more than that
+    u8 = torch.stack([ds[i]["pixel_values"] for i in range(len(ds))])
+    scale = (1 / torch.tensor(CLIP_STD)).view(3, 1, 1)
+    shift = (-torch.tensor(CLIP_MEAN) / torch.tensor(CLIP_STD)).view(3, 1, 1)
+    with torch.no_grad():
+        missing = tiny_model.encode_video(u8.float() / 255)
+        twice = tiny_model.encode_video(normalize_pixels(u8) * scale + shift)
+    assert (missing - ref).abs().max() > 1e-2 and (twice - ref).abs().max() > 1e-2
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_training_batches_normalise_exactly_once(store, tokenizer, tiny_model, workers):
+    """Loader batch (uint8, from workers) -> ``to_device`` (the trainer's ``_to_device``) -> model: V and F
+    features equal those of ``video_transform`` frames of the same decoded indices; so does the loss."""
+    from clipvip.data import PretrainDataset, build_loader
+    from clipvip.trainer.step import ContrastiveStep
+
+    anns = store["anns"][:3]
+    with pytest.warns(UserWarning):
+        ds = PretrainDataset(store["index"], anns, None, num_frames=6, image_size=SHORT, seed=0)
+    loader = build_loader(ds, None, batch_size=3, num_workers=workers, collate_fn=TokenizingCollator(tokenizer, 16))
+    (raw,) = list(loader)
+    assert raw["pixel_values"].dtype == raw["frame_pixel_values"].dtype == torch.uint8
+    batch = to_device(raw, "cpu", torch.float32)
+    assert batch["pixel_values"].dtype == torch.float32 and batch["input_ids"].dtype == torch.int64
+    index = store["index"]
+    clips = [index.frames(c, _decoded_index(raw["pixel_values"][k])) for k, c in enumerate(raw["clip_id"])]
+    middles = [index.middle(c)[None] for c in raw["clip_id"]]
+    with torch.no_grad():
+        v = tiny_model.encode_video(batch["pixel_values"])
+        f = tiny_model.encode_video(batch["frame_pixel_values"])
+        assert (v - _reference_features(tiny_model, clips)).abs().max() <= 1e-5
+        assert (f - _reference_features(tiny_model, middles)).abs().max() <= 1e-5
+        step = ContrastiveStep(tiny_model, "vsc_fc")
+        ref_batch = dict(batch, pixel_values=torch.stack([video_transform(c, SHORT) for c in clips]),
+                         frame_pixel_values=torch.stack([video_transform(m, SHORT) for m in middles]))
+        loss, _ = step(batch)
+        ref_loss, _ = step(ref_batch)
+    assert abs(float(loss) - float(ref_loss)) <= 1e-5
+    with pytest.raises(TypeError, match="uint8"):
+        to_device(batch, "cpu")  # a batch that is already normalised is refused, not normalised again
+
+
+def test_normalised_pixels_are_contiguous_whatever_the_crop():
+    for h, w in ((64, 64), (64, 96), (80, 64)):  # no crop (a dense channels-last view), crop, resize
+        x = video_transform(_smooth_frames(2, h, w), 64)
+        assert x.is_contiguous() and x.shape == (2, 3, 64, 64)

@@ -90,8 +90,9 @@ class Workflow:
 
     def cmd(self, *args: str, slurm: bool = True, extra_configs: tuple[Path, ...] = ()) -> list[str]:
         profiles = ["--profile", str(USER_PROFILE), "--profile", str(TEST_PROFILE)] if slurm else ["--cores", "2"]
-        return [sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile"), *profiles,
-                "--configfile", str(REPO / "config.yaml"), str(self.overlay), *map(str, extra_configs), *args]
+        # args first: --configfile (and --forcerun) take lists and would swallow targets after them
+        return [sys.executable, "-m", "snakemake", *args, "--snakefile", str(REPO / "Snakefile"), *profiles,
+                "--configfile", str(REPO / "config.yaml"), str(self.overlay), *map(str, extra_configs)]
 
     def run(self, *args: str, timeout: float = 900, **kw) -> subprocess.CompletedProcess:
         return subprocess.run(self.cmd(*args, **kw), cwd=self.workdir, env=self.cluster.env, capture_output=True,
@@ -220,7 +221,7 @@ def test_submitit_launcher_trains_as_a_two_task_slurm_job(demo: Workflow):
                                            "finetune": {"per_dataset": {ds: submitit_options}}})
     model = demo.finetune(ds) / "model"
     # Snakemake itself runs locally here (as on a login node): the rule's process only submits and waits.
-    proc = demo.run("--forcerun", "finetune", str(model), slurm=False, extra_configs=(overlay,), timeout=600)
+    proc = demo.run(str(model), "--forcerun", "finetune", slurm=False, extra_configs=(overlay,), timeout=600)
     assert proc.returncode == 0, _tail(proc)
     log = (demo.results / "logs" / "finetune" / VARIANT / f"{ds}.log").read_text()
     match = re.search(r"submitted submitit job (\d+) \(slurm\)", log)
@@ -261,7 +262,7 @@ def test_scancel_mid_training_then_rerun_resumes_to_the_same_weights(demo: Workf
     target = str(run_dir / "model")
 
     # Run the fine-tune again from scratch and scancel its SLURM job once a few checkpoints exist.
-    cmd = demo.cmd("--forcerun", "finetune", target)
+    cmd = demo.cmd(target, "--forcerun", "finetune")
     proc = subprocess.Popen(cmd, cwd=demo.workdir, env=demo.cluster.env, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)
     jobid, deadline = None, time.monotonic() + 300

@@ -4,7 +4,7 @@ Usage:
     >>> index = FrameIndex("results/frames/msrvtt/index.json")
     >>> anns = read_annotations("msrvtt_train.jsonl")
     >>> ds = FinetuneDataset(index, anns, num_frames=12, image_size=224, train=True, seed=0)
-    >>> ds.set_epoch(3); item = ds[0]    # {"pixel_values": [12,3,224,224], "text": str, "clip_id": str, "index": int}
+    >>> ds.set_epoch(3); item = ds[0]    # {"pixel_values": uint8 [12,3,224,224], "text": str, "clip_id": str, "index": int}
     >>> ds.missing                        # clip ids in the annotations that the frame store lacks
     >>> pre = PretrainDataset(index, subtitles, captions=read_captions(paths), num_frames=12, image_size=224)
     >>> pre[0].keys()                     # pixel_values (V), text (S), frame_pixel_values (F), caption (C), ...
@@ -17,6 +17,10 @@ dataset copies would otherwise keep the epoch they were forked with).
 Training frames come from the store's pool: jittered indices over the N decoded frames, each mapped to the
 pool frame with the nearest decoded index (exact when the pool holds every frame). Evaluation frames are
 the store's exact uniform frames.
+
+Pixels (``pixel_values`` V, ``frame_pixel_values`` F) are uint8 ``[T,3,S,S]`` centre crops
+(``clipvip.data.crop_uint8``), not normalised: whoever feeds the model normalises once per batch on its
+device (``clipvip.data.to_device`` / ``normalize_pixels``), so workers hand 4x fewer bytes to the main process.
 """
 from __future__ import annotations
 
@@ -28,7 +32,7 @@ import numpy as np
 from torch.utils.data import Dataset
 
 from .sampling import jitter_indices, nearest_positions
-from .transforms import video_transform
+from .transforms import crop_uint8
 
 log = logging.getLogger(__name__)
 META_CACHE_SIZE = 200_000  # clips whose (N, pool indices) a process keeps; ~0.4 KB each
@@ -96,7 +100,7 @@ class _StoreDataset(Dataset):
         return cache[clip_id]
 
     def jittered_video(self, clip_id: str, rng: np.random.Generator):
-        """Training frames ``[T,3,S,S]`` and the decoded-frame indices actually used."""
+        """Training frames uint8 ``[T,3,S,S]`` and the decoded-frame indices actually used."""
         meta = self._sampling_meta(clip_id)
         wanted = jitter_indices(int(meta["num_frames"]), self.num_frames, rng)
         if "pool_indices" in meta and hasattr(self.frames, "frames"):
@@ -107,13 +111,13 @@ class _StoreDataset(Dataset):
             pool, pool_indices = self.frames.pool(clip_id)
             pos = nearest_positions(pool_indices, wanted)
             frames, used = pool[pos], np.asarray(pool_indices)[pos]
-        return video_transform(frames, self.image_size), used
+        return crop_uint8(frames, self.image_size), used
 
     def uniform_video(self, clip_id: str):
-        return video_transform(self.frames.uniform(clip_id, self.num_frames), self.image_size)
+        return crop_uint8(self.frames.uniform(clip_id, self.num_frames), self.image_size)
 
     def middle_frame(self, clip_id: str):
-        return video_transform(self.frames.middle(clip_id)[None], self.image_size)
+        return crop_uint8(self.frames.middle(clip_id)[None], self.image_size)
 
 
 class FinetuneDataset(_StoreDataset):

@@ -3,11 +3,16 @@
 Usage:
     >>> loader = build_loader(ds, sampler, batch_size=32, num_workers=2,
     ...                       collate_fn=TokenizingCollator(tok, max_len=50))
+    >>> for batch in loader:
+    ...     batch = to_device(batch, device)   # uint8 pixels -> normalised float32 on the device, once
 
 Workers are forked (Linux) and persistent, so the per-epoch fork cost is paid once; that is safe because
 frame stores open their HDF5 files lazily and reopen after a pid change, and because the datasets keep
 their epoch in shared memory. Each worker runs single-threaded torch (two cores are shared with the main
 process) and seeds numpy's global RNG per worker -- our datasets do not use it, third-party code might.
+
+Batches carry uint8 pixels (``PIXEL_KEYS``); ``to_device`` is where they meet the model: the one place the
+trainer moves a batch to its device and CLIP-normalises the pixels (``normalize_pixels``).
 """
 from __future__ import annotations
 
@@ -17,6 +22,8 @@ import sys
 import numpy as np
 import torch
 from torch.utils.data import DataLoader
+
+from .transforms import PIXEL_KEYS, normalize_pixels
 
 
 def worker_init_fn(worker_id: int) -> None:
@@ -44,3 +51,18 @@ def build_loader(dataset, sampler, batch_size: int, num_workers: int, collate_fn
         pin_memory=False,  # CPU training here; a GPU trainer moves batches itself
         **kwargs,
     )
+
+
+def to_device(batch: dict, device, dtype: torch.dtype | None = None) -> dict:
+    """A collated batch on ``device``: ``PIXEL_KEYS`` (uint8) normalised there (then cast to ``dtype``), other
+    tensors moved (floating ones cast to ``dtype``), everything else (strings) kept."""
+    out = {}
+    for key, value in batch.items():
+        if key in PIXEL_KEYS and isinstance(value, torch.Tensor):
+            value = normalize_pixels(value, device, dtype)
+        elif isinstance(value, torch.Tensor):
+            value = value.to(device, non_blocking=True)
+            if dtype is not None and value.is_floating_point():
+                value = value.to(dtype)
+        out[key] = value
+    return out

@@ -77,7 +77,7 @@ class TokenizingCollator:
             values = [item[key] for item in items]
             if isinstance(values[0], torch.Tensor):
                 # default_collate stacks straight into shared memory inside a worker: no extra copy of the
-                # (large) float video batch when it is handed to the main process.
+                # (uint8) video batch when it is handed to the main process.
                 batch[key] = default_collate(values)
             elif isinstance(values[0], (int, float)):
                 batch[key] = torch.tensor(values)

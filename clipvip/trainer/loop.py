@@ -229,14 +229,10 @@ class Trainer:
         return value
 
     def _to_device(self, batch: dict) -> dict:
-        out = {}
-        for key, value in batch.items():
-            if isinstance(value, self.torch.Tensor):
-                value = value.to(self.device, non_blocking=True)
-                if value.is_floating_point():
-                    value = value.to(self.dtype)
-            out[key] = value
-        return out
+        # uint8 pixels are CLIP-normalised here, on the device, exactly once (clipvip.data.to_device).
+        from clipvip.data import to_device
+
+        return to_device(batch, self.device, self.dtype)
 
     def train_step(self, it) -> tuple[float, dict] | None:
         """One optimizer step; None when the loss was not finite (nothing applied)."""

@@ -4,7 +4,7 @@
 rule captions:
     input:
         store=f"{R}/frames/{{ds}}/{{shard}}.h5",
-        ids=f"{R}/frames/{{ds}}/ids/{{shard}}.txt",
+        ids=f"{R}/frames/{{ds}}/ids",
         frame_failures=f"{R}/frames/{{ds}}/{{shard}}.failures.tsv",
         model=local_model_input(config["captions"]["model"]) if "model" in config["captions"] else [],
     output:
@@ -19,7 +19,7 @@ rule captions:
     conda:
         "../envs/clipvip.yaml"
     shell:
-        "clipvip captions --frames {input.store} --ids {input.ids} --out {output.captions} --failures {output.failures}"
+        "clipvip captions --frames {input.store} --ids {input.ids}/{wildcards.shard}.txt --out {output.captions} --failures {output.failures}"
         " --options {params.options:q} > {log} 2>&1"
 
 
