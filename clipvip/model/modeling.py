@@ -28,13 +28,13 @@ from transformers.models.clip.modeling_clip import CLIPPreTrainedModel
 
 from .config import VIDEO_FIELDS, CLIPViPConfig
 from .encoders import SeqTransformerEncoder, build_video_encoder
-from .video_embeddings import CLIPViPVisionModel
+from .video_embeddings import CLIPViPVisionModel, InitAsBuiltinMixin
 
 LOGIT_SCALE_MAX = math.log(200.0)
 logger = logging.getLogger(__name__)
 
 
-class CLIPViPModel(CLIPPreTrainedModel):
+class CLIPViPModel(InitAsBuiltinMixin, CLIPPreTrainedModel):
     config_class = CLIPViPConfig
     config: CLIPViPConfig
     # New CLIP-ViP parameters are expected to be absent from a plain CLIP checkpoint; from_pretrained logs them
@@ -57,12 +57,6 @@ class CLIPViPModel(CLIPPreTrainedModel):
         self.logit_scale = nn.Parameter(torch.tensor(float(config.logit_scale_init)))
         self.video_encoder = encoder
         self.post_init()
-
-    def _initialize_weights(self, module, is_custom_code: bool = False):
-        # transformers treats classes outside its package as "custom code" and then skips modules without direct
-        # parameters (CLIPAttention, CLIPMLP, our encoders), leaving their children at the generic init. Our
-        # _init_weights only uses transformers.initialization, which already skips loaded tensors, so opt out.
-        super()._initialize_weights(module, is_custom_code=False)
 
     @torch.no_grad()
     def _init_weights(self, module):

@@ -20,6 +20,18 @@ from transformers.models.clip.modeling_clip import CLIPVisionEmbeddings, CLIPVis
 from .vip import encoder_forward
 
 
+class InitAsBuiltinMixin:
+    """Initialise every submodule like a model inside transformers.
+
+    transformers treats classes outside its package as "custom code" and then skips modules without direct
+    parameters (CLIPAttention, CLIPMLP, our encoders), leaving their children at the generic init. Our
+    ``_init_weights`` only uses ``transformers.initialization``, which already skips loaded tensors, so opt out.
+    """
+
+    def _initialize_weights(self, module, is_custom_code: bool = False):
+        super()._initialize_weights(module, is_custom_code=False)
+
+
 class CLIPViPVisionEmbeddings(CLIPVisionEmbeddings):
     """CLIP patch/position embeddings + proxies and temporal embedding (when ``video_tokens``)."""
 
@@ -59,7 +71,7 @@ class CLIPViPVisionEmbeddings(CLIPVisionEmbeddings):
         return torch.cat([proxies.expand(bsz, -1, -1), patches.reshape(bsz, num_frames * length, dim)], dim=1)
 
 
-class CLIPViPVisionModel(CLIPVisionModel):
+class CLIPViPVisionModel(InitAsBuiltinMixin, CLIPVisionModel):
     """``CLIPVisionModel`` whose embeddings carry video tokens; adds :meth:`video_forward`."""
 
     def __init__(self, config, num_proxies: int = 4, temporal_size: int = 12, temporal_init_std: float = 0.0,
@@ -69,12 +81,6 @@ class CLIPViPVisionModel(CLIPVisionModel):
         self.embeddings = CLIPViPVisionEmbeddings(config, num_proxies, temporal_size, temporal_init_std,
                                                   video_tokens)
         self.post_init()
-
-    def _initialize_weights(self, module, is_custom_code: bool = False):
-        # transformers treats classes outside its package as "custom code" and then skips modules without direct
-        # parameters (CLIPAttention, CLIPMLP, our encoders), leaving their children at the generic init. Our
-        # _init_weights only uses transformers.initialization, which already skips loaded tensors, so opt out.
-        super()._initialize_weights(module, is_custom_code=False)
 
     @torch.no_grad()
     def _init_weights(self, module):
