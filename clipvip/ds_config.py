@@ -86,7 +86,10 @@ def build_ds_config(opts: Any, world_size: int, total_steps: int, on_gpu: bool) 
         "gradient_clipping": opts.grad_clip,
         "steps_per_print": 10**9,  # our own logging; DeepSpeed's console lines would interleave with tqdm
         "wall_clock_breakdown": False,
-        "zero_optimization": {"stage": opts.zero_stage},
+        # Bounded buckets let ZeRO-2 reduce and drop gradients as backward goes; DeepSpeed's 5e8-element default
+        # is larger than a ViT-B model, i.e. a second full gradient copy (benchmarks/zero_memory.py).
+        "zero_optimization": {"stage": opts.zero_stage, "contiguous_gradients": True, "overlap_comm": False,
+                              "reduce_bucket_size": int(5e7), "allgather_bucket_size": int(5e7)},
         "optimizer": {
             "type": "AdamW",
             "params": {
@@ -97,6 +100,9 @@ def build_ds_config(opts: Any, world_size: int, total_steps: int, on_gpu: bool) 
                 "adam_w_mode": True,
                 # Plain torch.optim.AdamW: without this DeepSpeed JIT-builds FusedAdam (~80 s on CPU).
                 "torch_adam": True,
+                # torch's fused kernel (CPU and CUDA): no tensor-sized temporaries at the step, which under
+                # ZeRO-2 would be two copies of the rank's whole flat partition; also the fastest.
+                "fused": True,
             },
         },
         "scheduler": {
