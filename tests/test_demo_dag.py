@@ -21,8 +21,8 @@ def fast_overlay(results: Path, **finetune_per_dataset) -> dict:
     """The demo at CI size: few clips, one variant, few steps. Same code paths as `make demo`."""
     return {
         "results": str(results),
-        "demo": {"pretrain_clips": 32, "msrvtt_clips": {"train": 16, "val": 8, "test": 8},
-                 "didemo_clips": {"train": 16, "val": 8, "test": 8}},
+        "demo": {"corpus": {"pretrain_clips": 32, "msrvtt_clips": {"train": 16, "val": 8, "test": 8},
+                            "didemo_clips": {"train": 16, "val": 8, "test": 8}}},
         "frames": {"shard_size": 16},
         "captions": {"batch_size": 8},
         "pretrain": {"options": {"max_steps": 4, "batch_size": 8, "checkpoint_every": 100}},

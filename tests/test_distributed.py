@@ -122,7 +122,9 @@ def test_ds_config_from_options_and_user_json_wins(tmp_path):
                                    "deepspeed_config": str(user)}, "finetune")
     cfg = build_ds_config(opts, world_size=2, total_steps=200, on_gpu=False)
     assert (cfg["train_batch_size"], cfg["train_micro_batch_size_per_gpu"], cfg["gradient_accumulation_steps"]) == (64, 32, 1)
-    assert cfg["zero_optimization"] == {"stage": 3, "reduce_bucket_size": 1000} and cfg["gradient_clipping"] == 0.5
+    assert cfg["zero_optimization"]["stage"] == 3 and cfg["zero_optimization"]["reduce_bucket_size"] == 1000
+    assert cfg["zero_optimization"]["allgather_bucket_size"] == int(5e7)  # ours, where the user JSON is silent
+    assert cfg["gradient_clipping"] == 0.5 and cfg["optimizer"]["params"]["fused"] is True
     adam = cfg["optimizer"]
     assert adam["type"] == "AdamW" and adam["params"]["torch_adam"] and adam["params"]["betas"] == [0.9, 0.98]
     sched = cfg["scheduler"]
@@ -150,3 +152,29 @@ def test_checkpoint_pruning_keeps_newest_best_and_latest(tmp_path):
     (tmp_path / "latest").write_text("global_step8")
     prune(tmp_path, keep=2, protect={"best_step6"})
     assert sorted(p.name for p in tmp_path.iterdir() if p.is_dir()) == ["best_step6", "global_step6", "global_step8"]
+
+
+def test_checkpoint_dir_is_kept_for_the_same_run_and_discarded_for_another(tmp_path):
+    from clipvip.trainer.checkpoints import claim_checkpoint_dir, run_fingerprint
+
+    init = tmp_path / "init"
+    init.mkdir()
+    (init / "model.safetensors").write_bytes(b"x" * 10)
+    ckpt = tmp_path / "ckpt"
+    paths = {"init": str(init), "annotations": None}
+    first = run_fingerprint("finetune", {"lr": 1e-4, "launcher": "local", "num_workers": 2}, paths)
+    assert claim_checkpoint_dir(ckpt, first) is False
+    (ckpt / "global_step4").mkdir()
+    (ckpt / "submitit").mkdir()
+    # a kill/preemption rerun, even with another launcher or worker count: resume
+    again = run_fingerprint("finetune", {"lr": 1e-4, "launcher": "srun", "num_workers": 0}, paths)
+    assert claim_checkpoint_dir(ckpt, again) is False and (ckpt / "global_step4").exists()
+    # changed lr: a different run, the old checkpoints must not be resumed
+    changed = run_fingerprint("finetune", {"lr": 2e-4, "launcher": "srun", "num_workers": 0}, paths)
+    assert claim_checkpoint_dir(ckpt, changed) is True
+    assert not (ckpt / "global_step4").exists() and (ckpt / "submitit").exists()
+    # a re-trained init model (new weights file) is another run too
+    (ckpt / "global_step8").mkdir()
+    (init / "model.safetensors").write_bytes(b"y" * 11)
+    retrained = run_fingerprint("finetune", {"lr": 2e-4}, paths)
+    assert claim_checkpoint_dir(ckpt, retrained) is True and not (ckpt / "global_step8").exists()

@@ -185,7 +185,7 @@ def test_sigkill_a_rank_then_resume_equals_uninterrupted(data, tmp_path):
     kill_after = random.Random().randint(3, 8)
     proc = subprocess.Popen(train_cmd(data, run, opts, val=False), env=ENV, stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE, text=True)
-    metrics = run / "out" / "metrics.jsonl"
+    metrics = run / "ckpt" / "metrics.jsonl"  # the live log; --out gets its copy when the run completes
     deadline = time.time() + 120
     while time.time() < deadline and proc.poll() is None:
         if metrics.exists() and len(_lines(metrics)) >= kill_after:
@@ -202,7 +202,7 @@ def test_sigkill_a_rank_then_resume_equals_uninterrupted(data, tmp_path):
 
     again = train(data, run, opts, val=False)
     assert "resumed from" in again.stdout + again.stderr
-    resumed = [r["step"] for r in _lines(metrics)]
+    resumed = [r["step"] for r in _lines(run / "out" / "metrics.jsonl")]
     assert resumed == list(range(1, 11))  # lines after the checkpoint were replaced, none duplicated
     a, b = final_weights(full), final_weights(run)
     assert max(float((a[k] - b[k]).abs().max()) for k in a) <= 1e-6
@@ -213,7 +213,7 @@ def test_sigterm_checkpoints_and_exits_preempted(data, tmp_path):
     opts = dict(BASE, max_steps=40, checkpoint_every=100, eval_every=100)
     proc = subprocess.Popen(train_cmd(data, tmp_path, opts, val=False), env=ENV, stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE, text=True)
-    metrics = tmp_path / "out" / "metrics.jsonl"
+    metrics = tmp_path / "ckpt" / "metrics.jsonl"
     deadline = time.time() + 120
     while time.time() < deadline and not (metrics.exists() and len(_lines(metrics)) >= 2):
         time.sleep(0.02)

@@ -17,6 +17,7 @@ trainer moves a batch to its device and CLIP-normalises the pixels (``normalize_
 from __future__ import annotations
 
 import multiprocessing
+import signal
 import sys
 
 import numpy as np
@@ -30,10 +31,14 @@ def worker_init_fn(worker_id: int) -> None:
     # torch derives a distinct per-worker seed from the loader's base seed; reuse it for numpy.
     np.random.seed(torch.initial_seed() % 2**32)
     torch.set_num_threads(1)
+    # scancel / preemption signal every process of the job step: workers must outlive the main process's
+    # checkpoint-on-signal (it shuts them down itself), or it dies on "DataLoader worker killed" instead.
+    for sig in (signal.SIGTERM, signal.SIGUSR1):
+        signal.signal(sig, signal.SIG_IGN)
 
 
 def build_loader(dataset, sampler, batch_size: int, num_workers: int, collate_fn,
-                 drop_last: bool = False, prefetch_factor: int = 2) -> DataLoader:
+                 drop_last: bool = False, prefetch_factor: int = 2, pin_memory: bool = False) -> DataLoader:
     """A DataLoader over ``dataset`` in ``sampler`` order (``sampler`` may be None: dataset order)."""
     kwargs = {}
     if num_workers > 0:
@@ -48,7 +53,7 @@ def build_loader(dataset, sampler, batch_size: int, num_workers: int, collate_fn
         num_workers=num_workers,
         collate_fn=collate_fn,
         drop_last=drop_last,
-        pin_memory=False,  # CPU training here; a GPU trainer moves batches itself
+        pin_memory=pin_memory,  # GPU trainers: page-locked batches make the non_blocking copy asynchronous
         **kwargs,
     )
 

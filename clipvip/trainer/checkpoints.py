@@ -9,7 +9,13 @@ Layout of ``--checkpoint-dir``: DeepSpeed's ``<tag>/`` folders + ``latest`` (wri
 every rank finished saving, so a kill mid-save leaves the previous checkpoint as the one resumed), periodic
 tags ``global_step<N>``, the best-validation tag ``best_step<N>``, and ``status.json``
 (``{"status": "running"|"done"|"preempted"|"diverged", "step"}``) which the launching parent reads to map
-torchrun's generic failure to our exit code.
+torchrun's generic failure to our exit code, ``metrics.jsonl`` (the master copy of the training log: Snakemake
+deletes a failed job's outputs, the resumed run must still report every step) and ``fingerprint.json``.
+
+The fingerprint identifies *what* is trained: stage, options that change the result, and the identity (size
+and mtime) of the init model and data files. A checkpoint folder whose fingerprint differs (changed lr, a
+re-trained init model, new annotations) is discarded instead of resumed, so a rerun after a config change
+or ``--forcerun`` trains anew, while a rerun after a kill or preemption resumes.
 """
 from __future__ import annotations
 
@@ -22,6 +28,48 @@ from pathlib import Path
 EXIT_DIVERGED = 3    # NaN/inf loss: last good checkpoint kept, nothing saved
 EXIT_PREEMPTED = 75  # EX_TEMPFAIL: checkpointed after SIGTERM/SIGUSR1; rerun to resume
 STATUS_CODES = {"done": 0, "diverged": EXIT_DIVERGED, "preempted": EXIT_PREEMPTED}
+
+
+# Options that change how a run is executed, not what it computes: they may differ between kill and resume.
+NOT_FINGERPRINTED = {"launcher", "nprocs", "dist_backend", "num_workers", "log_every", "checkpoint_every",
+                     "keep_checkpoints", "eval_batch_size", "debug_nan_at_step"}
+
+
+def _path_identity(path: str | None):
+    if not path:
+        return None
+    p = Path(path)
+    if not p.exists():
+        return str(path)  # a hub name
+    files = sorted(f for f in (p.rglob("*") if p.is_dir() else [p]) if f.is_file())
+    return [str(p.resolve())] + [[f.name, f.stat().st_size, f.stat().st_mtime_ns] for f in files]
+
+
+def run_fingerprint(stage: str, options: dict, paths: dict) -> dict:
+    return {
+        "stage": stage,
+        "options": {k: v for k, v in sorted(options.items()) if k not in NOT_FINGERPRINTED
+                    and not k.startswith("submitit_")},
+        "inputs": {k: ([_path_identity(x) for x in v] if isinstance(v, list) else _path_identity(v))
+                   for k, v in sorted(paths.items())},
+    }
+
+
+LAUNCHER_FILES = {"submitit"}  # job logs of the launcher that is running this very run: never discarded
+
+
+def claim_checkpoint_dir(ckpt_dir: Path, fingerprint: dict) -> bool:
+    """Rank 0: keep ``ckpt_dir`` if it belongs to this run, else empty it. Returns True when it was discarded."""
+    ckpt_dir.mkdir(parents=True, exist_ok=True)
+    path = ckpt_dir / "fingerprint.json"
+    previous = json.loads(path.read_text()) if path.exists() else None
+    stale = [p for p in ckpt_dir.iterdir() if p.name not in LAUNCHER_FILES]
+    discarded = bool(stale) and previous != json.loads(json.dumps(fingerprint))
+    if discarded:
+        for entry in stale:
+            shutil.rmtree(entry) if entry.is_dir() else entry.unlink()
+    write_json_atomic(path, fingerprint)
+    return discarded
 
 
 def step_tag(step: int) -> str:

@@ -14,6 +14,7 @@ import math
 import os
 import platform
 import resource
+import shutil
 import signal
 import sys
 import time
@@ -81,16 +82,26 @@ class Trainer:
             self.device = torch.device("cpu")
         self.out = Path(args.out)
         self.ckpt_dir = Path(args.checkpoint_dir)
+        self.metrics_path = self.ckpt_dir / "metrics.jsonl"  # master copy; exported into --out at the end
         if self.main:
             self.out.mkdir(parents=True, exist_ok=True)
-            self.ckpt_dir.mkdir(parents=True, exist_ok=True)
+            fingerprint = ck.run_fingerprint(args.stage, opts.to_dict(), self._input_paths())
+            if ck.claim_checkpoint_dir(self.ckpt_dir, fingerprint):
+                print(f"[clipvip train] {self.ckpt_dir} held checkpoints of a different run (options or inputs "
+                      f"changed): discarded, training from the start", flush=True)
+        torch.distributed.barrier()  # nobody looks for checkpoints before rank 0 has claimed the folder
+
+    def _input_paths(self) -> dict:
+        a = self.args
+        return {k: getattr(a, k) for k in ("frames_index", "annotations", "captions", "val_annotations",
+                                           "val_frames_index", "init")}
 
     # ------------------------------------------------------------------------------------------------ setup
     def build(self) -> None:
         torch, opts, args = self.torch, self.opts, self.args
-        from torch.utils.data import DataLoader
 
         from clipvip.data.annotations import read_annotations, read_captions
+        from clipvip.data.loader import build_loader
         from clipvip.data.datasets import FinetuneDataset, PretrainDataset
         from clipvip.data.sampler import ResumableDistributedSampler
         from clipvip.data.text import TokenizingCollator
@@ -134,10 +145,9 @@ class Trainer:
         self.manual_clip = manual_clip(self.ds_config)  # stage-0 fp32 workaround, see ds_config.manual_clip
 
         workers = opts.num_workers
-        self.loader = DataLoader(self.dataset, batch_size=self.micro, sampler=self.sampler, drop_last=True,
-                                 collate_fn=TokenizingCollator(self.tokenizer, opts.max_text_len),
-                                 num_workers=workers, persistent_workers=workers > 0,
-                                 pin_memory=on_gpu)
+        self.loader = build_loader(self.dataset, self.sampler, self.micro, workers,
+                                   TokenizingCollator(self.tokenizer, opts.max_text_len), drop_last=True,
+                                   pin_memory=on_gpu)
 
         step_module = ContrastiveStep(self.model, opts.loss, dedup_texts=opts.dedup_texts)
         if opts.zero_stage == 3:
@@ -165,8 +175,7 @@ class Trainer:
         if not self.main:
             return
         a = self.args
-        paths = {k: getattr(a, k) for k in ("frames_index", "annotations", "captions", "val_annotations",
-                                            "val_frames_index", "init", "out", "checkpoint_dir")}
+        paths = {**self._input_paths(), "out": a.out, "checkpoint_dir": a.checkpoint_dir}
         ck.write_json_atomic(self.out / "deepspeed_config.json", self.ds_config)
         ck.write_json_atomic(self.out / "config.json", {
             "stage": a.stage, "paths": paths, "options": self.opts.to_dict(), "derived": self.derived,
@@ -195,7 +204,7 @@ class Trainer:
 
     def _truncate_metrics(self, step: int) -> None:
         # Lines logged after the checkpoint we resumed from belong to the lost timeline: drop them.
-        path = self.out / "metrics.jsonl"
+        path = self.metrics_path
         if not path.exists():
             return
         keep = [line for line in path.read_text().splitlines()
@@ -295,7 +304,7 @@ class Trainer:
             self.save(self.state["best_tag"], latest=False)  # prune() drops the previous best
 
     def log(self, record: dict) -> None:
-        with open(self.out / "metrics.jsonl", "a") as fh:
+        with open(self.metrics_path, "a") as fh:
             fh.write(json.dumps(record) + "\n")
 
     def fit(self) -> int:
@@ -366,6 +375,10 @@ class Trainer:
         if self.main:
             ck.export_model(self.ckpt_dir, tag, self.opts.zero_stage, self.model.config, self.tokenizer,
                             self.out / "model")
+            tmp = self.out / "metrics.jsonl.tmp"
+            self.metrics_path.touch()
+            shutil.copyfile(self.metrics_path, tmp)
+            os.replace(tmp, self.out / "metrics.jsonl")
             if self.val:
                 ck.write_json_atomic(self.out / "selection.json", {
                     "step": self.state["best_step"], "metric": self.opts.select_metric,
