@@ -120,8 +120,9 @@ def init_distributed_env(launcher: str, backend: str = "auto") -> DistInfo:
             raise SystemExit(f"launcher 'srun': {exc.args[0]} is not set; start the ranks with "
                              "`srun -n N python -m clipvip train ...`") from None
         nodelist = env.get("SLURM_STEP_NODELIST") or env.get("SLURM_JOB_NODELIST") or socket.gethostname()
-        _export(rank, world, local, env.get("MASTER_ADDR") or first_host(nodelist),
-                int(env.get("MASTER_PORT") or slurm_port(env.get("SLURM_JOB_ID", "0"))))
+        # Always from the step itself: sbatch exports the submitting shell's environment, so an inherited
+        # MASTER_ADDR/PORT (another job's, a test's) would send every rank to the wrong rendezvous.
+        _export(rank, world, local, first_host(nodelist), slurm_port(env.get("SLURM_JOB_ID", "0")))
     elif launcher == "submitit":
         import submitit
 

@@ -37,9 +37,11 @@ def test_slurm_port_is_deterministic_and_in_range():
 
 @pytest.fixture
 def clean_env(monkeypatch):
-    for key in list(os.environ):
-        if key.startswith("SLURM_") or key in DIST_VARS:
-            monkeypatch.delenv(key)
+    for key in {k for k in os.environ if k.startswith("SLURM_")} | set(DIST_VARS):
+        # setenv first so the teardown also removes what init_distributed_env exports into os.environ
+        # (a leaked MASTER_ADDR would reach later subprocesses: snakemake -> sbatch -> srun ranks).
+        monkeypatch.setenv(key, "")
+        monkeypatch.delenv(key)
     monkeypatch.setenv("PATH", "/nonexistent")  # no scontrol: our own host-list parser is used
     return monkeypatch
 
@@ -54,6 +56,10 @@ def test_srun_environment_maps_to_torch_variables(clean_env):
     assert (info.rank, info.world_size, info.local_rank, info.master_addr) == (5, 8, 1, "gpu07")
     assert info.master_port == slurm_port("4242") and info.backend == "gloo" and not info.is_main
     assert [os.environ[k] for k in DIST_VARS] == ["5", "8", "1", "gpu07", str(slurm_port("4242"))]
+    # an inherited rendezvous (sbatch exports the submitting shell's environment) is ignored
+    clean_env.setenv("MASTER_ADDR", "elsewhere")
+    clean_env.setenv("MASTER_PORT", "1")
+    assert init_distributed_env("srun", backend="gloo").master_addr == "gpu07" and os.environ["MASTER_PORT"] != "1"
 
 
 def test_srun_without_slurm_variables_explains(clean_env):
