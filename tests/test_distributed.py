@@ -13,7 +13,7 @@ import textwrap
 
 import pytest
 
-from clipvip.distributed import expand_nodelist, free_port, init_distributed_env, slurm_port
+from clipvip.distributed import expand_nodelist, init_distributed_env, slurm_port
 from clipvip.ds_config import batch_geometry, build_ds_config, manual_clip, merge, resolve_precision
 from clipvip.trainer.options import TrainOptions
 
@@ -90,10 +90,10 @@ def test_srun_tasks_meet_over_gloo(tmp_path):
         dist.destroy_process_group()
     """)
     base = {k: v for k, v in os.environ.items() if not k.startswith("SLURM_") and k not in DIST_VARS}
-    port = free_port()
+    port = slurm_port("7")  # derived from the job id on every rank; an inherited MASTER_PORT is ignored
     procs = [subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True,
                               env=dict(base, SLURM_PROCID=str(r), SLURM_NTASKS="2", SLURM_LOCALID=str(r),
-                                       SLURM_JOB_NODELIST="localhost", SLURM_JOB_ID="7", MASTER_PORT=str(port),
+                                       SLURM_JOB_NODELIST="localhost", SLURM_JOB_ID="7", MASTER_PORT="1",
                                        PATH="/usr/bin:/bin"))
              for r in range(2)]
     outs = [p.communicate(timeout=120)[0].split() for p in procs]
