@@ -36,7 +36,6 @@ import os
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 from tqdm import tqdm
 

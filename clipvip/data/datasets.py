@@ -41,9 +41,13 @@ META_CACHE_SIZE = 200_000  # clips whose (N, pool indices) a process keeps; ~0.4
 def _failure_reasons(frame_index, clip_ids: list[str]) -> dict[str, str]:
     """Reasons from the store's failure manifest (``FrameIndex.failures()``) for the given clips."""
     reasons = {c: "not in frame store" for c in clip_ids}
-    failures = getattr(frame_index, "failures", None)
-    if not clip_ids or failures is None:
-        return reasons
+    failures = getattr(frame_index, "failures", None)  # a FrameIndex has a manifest, a single FrameStore not
+    if clip_ids and failures is not None:
+        table = failures()  # columns clip_id, reason, detail, shard
+        for clip, reason in zip(table["clip_id"].astype(str), table["reason"].astype(str)):
+            if clip in reasons:
+                reasons[clip] = reason
+    return reasons
     table = failures()
     if table is not None and len(table) and "clip_id" in table.columns:
         column = next((c for c in ("reason", "error", "detail") if c in table.columns), None)
