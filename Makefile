@@ -10,7 +10,7 @@ export OMP_NUM_THREADS ?= 1
 # Rules call the `clipvip` console script: the venv must be first on PATH.
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
-.PHONY: setup demo test test-fast lint bench report clean
+.PHONY: setup demo test test-fast lint bench report clean install-profile
 
 setup: $(STAMP)
 
@@ -35,7 +35,15 @@ demo: setup
 test: setup
 	$(PY) -m pytest -q tests
 
+## Write the SLURM profile once, so that `snakemake --profile slurm` works, e.g.
+##   make install-profile PROFILE_ARGS="--account myacct --cpu-partition cpu --gpu-partition gpu --gpus-per-node 4"
+## (more flags: --pretrain-nodes, --finetune-nodes, --name, --force; see `clipvip install-profile --help`)
+install-profile: setup
+	$(VENV)/bin/clipvip install-profile $(PROFILE_ARGS)
+
+## Python (ruff, pinned in the test extras) and workflow lint; tests/test_workflow.py runs this target.
 lint: setup
+	$(VENV)/bin/ruff check clipvip tests benchmarks scripts
 	$(VENV)/bin/snakemake --lint
 
 bench: setup

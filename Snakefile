@@ -14,10 +14,13 @@ configfile: "config.yaml"
 include: "workflow/rules/common.smk"
 include: "workflow/rules/demo.smk"
 include: "workflow/rules/frames.smk"
+include: "workflow/rules/features.smk"
 include: "workflow/rules/captions.smk"
 include: "workflow/rules/train.smk"
 include: "workflow/rules/evaluate.smk"
 include: "workflow/rules/tables.smk"
+include: "workflow/rules/recognition.smk"
+include: "workflow/rules/analysis.smk"
 
 
 report: "workflow/report/workflow.rst"

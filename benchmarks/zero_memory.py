@@ -5,7 +5,7 @@ Usage:
     python benchmarks/zero_memory.py                               # 3 steps, 4 clips x 4 frames per rank
 
 The model is built from a default ``CLIPConfig`` (ViT-B/32 geometry, ~151 M parameters, random weights, no hub)
-with the real trainer pieces: ``ContrastiveStep`` + ``clipvip.ds_config.build_ds_config`` (AdamW). Headline =
+with the real trainer pieces: ``ContrastiveStep`` + ``clipvip.trainer.plan.build_ds_config`` (AdamW). Headline =
 ``precision: bf16`` -- the configuration the GPU path uses (``auto`` -> bf16 on GPU): bf16 weights and
 gradients, fp32 master weights + AdamW moments held by DeepSpeed. It runs on CPU (slowly, and drifting, which
 does not matter for memory). fp32 (the CPU default) is measured too and printed first, for transparency.
@@ -31,7 +31,7 @@ Analytic per-rank model states (P params, N = 2 ranks, B = bucket elements; prin
     bf16 ZeRO-2: 2P weights + 2P/N grad partition + 4P/N master + 8P/N AdamW = 9P (+2B bucket in backward,
                  +4P/N fp32 partition grads at step)                                          -> ~0.56
 
-The trainer's DeepSpeed config (``clipvip/ds_config.py``) is measured as is. Two of its defaults come from
+The trainer's DeepSpeed config (``clipvip/trainer/plan.py``) is measured as is. Two of its defaults come from
 this benchmark:
 
 AdamW ``"fused": true`` for torch's AdamW (the trainer uses ``torch_adam``;
@@ -95,7 +95,7 @@ def measure(precision: str, stage: int, steps: int, clips: int, frames: int, use
     import torch
     from transformers import CLIPConfig
 
-    from clipvip.ds_config import build_ds_config
+    from clipvip.trainer.plan import build_ds_config
     from clipvip.model import CLIPViPConfig, CLIPViPModel
     from clipvip.trainer.options import TrainOptions
     from clipvip.trainer.step import ContrastiveStep
@@ -114,7 +114,7 @@ def measure(precision: str, stage: int, steps: int, clips: int, frames: int, use
     opts = TrainOptions.from_dict({"zero_stage": stage, "batch_size": clips * world, "lr": 1e-5,
                                    "grad_clip": 0.0, "precision": precision, "deepspeed_config": user_json},
                                   stage="finetune")
-    # No clipping: DeepSpeed's stage-0 fp32 clip fails on the 0-dim logit_scale (clipvip.ds_config.manual_clip),
+    # No clipping: DeepSpeed's stage-0 fp32 clip fails on the 0-dim logit_scale (clipvip.trainer.plan.manual_clip),
     # and clipping does not change what is stored.
     cfg = build_ds_config(opts, world_size=world, total_steps=steps + 1, on_gpu=False)
     step_module = ContrastiveStep(model, "vs", dedup_texts=False)

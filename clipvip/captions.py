@@ -8,11 +8,10 @@ Usage:
     from clipvip.captions import caption_shard
     stats = caption_shard("00000.h5", "00000.jsonl", {"model": "Salesforce/blip-image-captioning-base"})
 
-Options (``CAPTION_DEFAULTS``): ``model`` (required: hub name or local folder of any captioner that
-``AutoModelForImageTextToText`` + ``AutoProcessor`` load, e.g. BLIP or GIT), ``batch_size`` 16,
-``num_beams`` 3, ``max_new_tokens`` 20, ``prompt`` null (text the caption continues; stripped from the
-output), ``device`` "auto" (cuda when available), ``checkpoint_every`` 1 (batches between fsyncs of the
-partial file), ``seed`` 0. Decoding is deterministic (no sampling).
+Options: ``CaptionOptions`` (``model`` is required: hub name or local folder of any captioner that
+``AutoModelForImageTextToText`` + ``AutoProcessor`` load, e.g. BLIP or GIT). Decoding is deterministic (no
+sampling). Model families whose ``generate()`` inputs differ register a kind in
+``clipvip.registry.CAPTIONER_KINDS`` under their ``config.model_type`` (``git`` here; ``default`` otherwise).
 
 Output: JSONL lines ``{"clip_id", "caption", "model"}``, one per captioned clip, in the shard's order.
 Expected clips = the shard's stored ids + the frames stage's failure manifest (``<k>.failures.tsv`` next to
@@ -20,6 +19,13 @@ the shard) + ``--ids`` if given. Clips that cannot be captioned go to the failur
 ``reason``, ``detail``): frames-stage failures carried over with ``reason`` ``frames:<reason>``,
 ``not_in_store`` (listed in ``--ids`` but in neither the store nor its manifest) and ``caption_error``
 (an exception while loading or captioning that clip alone).
+
+Failures are loud: the first 10 are printed to stderr as ``clip_id: reason: detail`` lines (the rule's log),
+and ``--failures-copy`` writes the TSV a second time outside the rule's outputs (the workflow uses
+``R/failures/captions/<ds>/<k>.failures.tsv``), so the reasons survive a failed Snakemake job, which deletes
+its outputs. When the shard's own failures (``caption_error``, ``not_in_store``; frames failures were
+already judged by the frames stage) exceed ``max_failure_fraction`` of its clips (default 0.1), the job
+exits 1 and does NOT publish ``OUT``: post-pretraining never sees a shard of missing captions.
 
 Resumability: each finished batch is appended to ``OUT.partial`` (flushed, fsynced every
 ``checkpoint_every`` batches). A rerun after a kill keeps the partial's complete lines (a torn last line is
@@ -40,12 +46,27 @@ from typing import Callable
 import numpy as np
 from tqdm import tqdm
 
-from clipvip.cli import parse_options
+from clipvip.registry import CAPTIONER_KINDS
+from clipvip.stage import (StageOptions, UserError, hide_progress, option, parse_options, resolve_device,
+                           stage_main)
 
 log = logging.getLogger("clipvip.captions")
 
-CAPTION_DEFAULTS = {"model": None, "batch_size": 16, "num_beams": 3, "max_new_tokens": 20, "prompt": None,
-                    "device": "auto", "checkpoint_every": 1, "seed": 0}
+
+@dataclass
+class CaptionOptions(StageOptions):
+    STAGE = "captions"
+    model: str = option(help="image captioner: hub name (e.g. Salesforce/blip-image-captioning-base) or folder")
+    batch_size: int = option(16, "middle frames per generate() call", minimum=1)
+    num_beams: int = option(3, "beam search width (1 = greedy)", minimum=1)
+    max_new_tokens: int = option(20, "caption length limit in tokens", minimum=1)
+    prompt: str | None = option(None, "text the caption continues (stripped from the output)")
+    device: str = option("auto", "auto (cuda when available) | cpu | cuda | cuda:N")
+    checkpoint_every: int = option(1, "batches between fsyncs of the partial file", minimum=1)
+    seed: int = option(0, "torch seed before loading the captioner")
+    max_failure_fraction: float = option(0.1, "the shard job fails (exit 1, no captions JSONL published) when more "
+                                         "of its stored clips than this cannot be captioned", minimum=0.0,
+                                         maximum=1.0)
 
 
 # ------------------------------------------------------------------------------------- captioner kinds
@@ -95,15 +116,8 @@ class CaptionerKind:
 
 
 # config.model_type -> kind; anything else (BLIP, BLIP-2, ...) uses the processor's own text handling.
-KINDS = {"default": CaptionerKind(_default_inputs, _default_decode), "git": CaptionerKind(_git_inputs, _git_decode)}
-
-
-def resolve_device(name: str) -> str:
-    import torch
-
-    if name == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return name
+CAPTIONER_KINDS.register("default", CaptionerKind(_default_inputs, _default_decode))
+CAPTIONER_KINDS.register("git", CaptionerKind(_git_inputs, _git_decode))
 
 
 class Captioner:
@@ -118,7 +132,8 @@ class Captioner:
         self.device = resolve_device(device)
         self.processor = AutoProcessor.from_pretrained(model)
         self.model = AutoModelForImageTextToText.from_pretrained(model).to(self.device).eval()
-        self.kind = KINDS.get(self.model.config.model_type, KINDS["default"])
+        model_type = self.model.config.model_type
+        self.kind = CAPTIONER_KINDS.get(model_type if model_type in CAPTIONER_KINDS else "default")
         self.generate_kwargs = {"num_beams": int(num_beams), "max_new_tokens": int(max_new_tokens), "do_sample": False}
         self.prompt = prompt
 
@@ -153,7 +168,7 @@ def read_partial(path: Path, model: str) -> list[dict]:
 
 def expected_clips(store, failures_tsv: Path, ids_file: str | None) -> tuple[list[str], list[tuple[str, str, str]]]:
     """(clip ids to caption, failure rows carried over) for one shard."""
-    from clipvip.frames.manifest import read_failures
+    from clipvip.data.manifest import read_failures
 
     stored = list(store.ids())
     carried = []
@@ -162,8 +177,11 @@ def expected_clips(store, failures_tsv: Path, ids_file: str | None) -> tuple[lis
             carried.append((row.clip_id, f"frames:{row.reason}", getattr(row, "detail", "")))
     if ids_file:
         known = set(stored) | {c for c, _, _ in carried}
-        with open(ids_file) as fh:
-            listed = [line.strip() for line in fh if line.strip()]
+        try:
+            with open(ids_file) as fh:
+                listed = [line.strip() for line in fh if line.strip()]
+        except OSError as exc:
+            raise UserError(f"--ids: cannot read {ids_file}: {exc.strerror or exc}") from None
         carried += [(c, "not_in_store", f"listed in {ids_file} but neither stored nor in {failures_tsv.name}")
                     for c in listed if c not in known]
         order = {c: i for i, c in enumerate(listed)}
@@ -181,21 +199,30 @@ class _StopForTest(Exception):
     """Raised by the ``_stop_after_batches`` hook to simulate a killed job."""
 
 
-def caption_shard(frames: str | os.PathLike, out: str | os.PathLike, options: dict, failures: str | None = None,
-                  ids: str | None = None, _stop_after_batches: int | None = None) -> dict:
-    """Caption a shard; returns ``{"resumed", "captioned", "failed", "total"}`` (see the module docstring)."""
-    from clipvip.frames import FrameStore
-    from clipvip.frames.manifest import default_failures_path, write_failures
+class TooManyCaptionFailures(UserError):
+    """More of a shard's clips failed than ``max_failure_fraction``: nothing was published (exit 1)."""
 
-    opts = {**CAPTION_DEFAULTS, **options}
-    if not opts["model"]:
-        raise ValueError("captions: options.model (hub name or folder of an image captioner) is required")
-    model_name = str(opts["model"])
+
+def caption_shard(frames: str | os.PathLike, out: str | os.PathLike, options: dict | CaptionOptions,
+                  failures: str | None = None,
+                  ids: str | None = None, _stop_after_batches: int | None = None,
+                  failures_copy: str | os.PathLike | None = None) -> dict:
+    """Caption a shard; returns ``{"resumed", "captioned", "failed", "total"}`` (see the module docstring).
+
+    Raises ``TooManyCaptionFailures`` (after writing the failure TSV, its copy and the log lines, and without
+    publishing ``out``) when the shard's own failures exceed ``max_failure_fraction``."""
+    from clipvip.data.frame_store import FrameStore
+    from clipvip.data.manifest import default_failures_path
+
+    opts = options if isinstance(options, CaptionOptions) else CaptionOptions.from_dict(options)
+    model_name = opts.model
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     partial = out.with_name(out.name + ".partial")
     failures_path = Path(failures) if failures else out.with_name(out.name.removesuffix(".jsonl") + ".failures.tsv")
 
+    if not Path(frames).exists():
+        raise UserError(f"--frames: frame store {frames} does not exist")
     store = FrameStore(frames)
     todo_all, failed = expected_clips(store, default_failures_path(frames), ids)
     done = {r["clip_id"] for r in read_partial(partial, model_name)}
@@ -203,14 +230,20 @@ def caption_shard(frames: str | os.PathLike, out: str | os.PathLike, options: di
         print(f"captions: resuming: {len(done)} done", file=sys.stderr)
     todo = [c for c in todo_all if c not in done]
 
-    captioner = Captioner(model_name, opts["device"], opts["num_beams"], opts["max_new_tokens"], opts["prompt"],
-                          opts["seed"]) if todo else None
-    batch_size, every = int(opts["batch_size"]), max(1, int(opts["checkpoint_every"]))
+    captioner = None
+    if todo:
+        try:
+            captioner = Captioner(model_name, opts.device, opts.num_beams, opts.max_new_tokens, opts.prompt,
+                                  opts.seed)
+        except (OSError, ValueError) as exc:  # no such folder / hub name, not an image-to-text model
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise UserError(f"captions.model {model_name!r} cannot be loaded as an image captioner: {first}") from None
+    batch_size, every = opts.batch_size, opts.checkpoint_every
     batches = [todo[i:i + batch_size] for i in range(0, len(todo), batch_size)]
     captioned = 0
     with open(partial, "a", encoding="utf-8") as fh:
         for number, batch in enumerate(tqdm(batches, desc=f"captions {out.name}", unit="batch",
-                                            disable=None, mininterval=2.0), 1):
+                                            disable=hide_progress(None), mininterval=2.0), 1):
             results, errors = _caption_batch(captioner, store, batch)
             failed += errors
             fh.write("".join(json.dumps({"clip_id": c, "caption": t, "model": model_name}) + "\n" for c, t in results))
@@ -222,12 +255,47 @@ def caption_shard(frames: str | os.PathLike, out: str | os.PathLike, options: di
                 raise _StopForTest(f"stopped after {number} batches")
         _fsync(fh)
     store.close()
-    write_failures(failures_path, failed)
+    for path in [failures_path] + ([Path(failures_copy)] if failures_copy else []):
+        _write_failures(path, failed)
+    own = [row for row in failed if not row[1].startswith("frames:")]  # frames failures were judged there
+    attempted = len(todo_all) + sum(1 for row in own if row[1] == "not_in_store")
+    log_first_failures("captions", failed)
+    if len(own) > opts.max_failure_fraction * attempted:
+        where = (f"{failures_copy} (kept; the rule's output {failures_path} is deleted with a failed job)"
+                 if failures_copy else str(failures_path))
+        raise TooManyCaptionFailures(
+            f"{len(own)} of {attempted} clips could not be captioned, more than max_failure_fraction="
+            f"{opts.max_failure_fraction}; no captions written to {out} (finished ones stay in {partial} for "
+            f"a rerun); reasons in {where}")
     os.replace(partial, out)
     stats = {"resumed": len(done), "captioned": captioned, "failed": len(failed), "total": len(todo_all)}
     print(f"captions: {out}: {len(done) + captioned} captions ({len(done)} resumed), {len(failed)} failures "
           f"in {failures_path}", file=sys.stderr)
     return stats
+
+
+def _write_failures(path: Path, rows) -> None:
+    """``write_failures`` that names the file on a full disk and leaves no temp file behind."""
+    from clipvip.data.manifest import write_failures
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        write_failures(path, rows)
+    except OSError as exc:
+        Path(path.with_name(f"{path.name}.tmp-{os.getpid()}")).unlink(missing_ok=True)
+        if not exc.filename:
+            raise OSError(exc.errno, exc.strerror, str(path)) from exc
+        raise
+
+
+def log_first_failures(stage: str, rows, limit: int = 10) -> None:
+    """The first ``limit`` failures as ``clip_id: reason: detail`` lines on stderr (the rule's log)."""
+    rows = list(rows)
+    for clip_id, reason, detail in rows[:limit]:
+        print(f"{stage}: failed: {clip_id}: {reason}: {' '.join(str(detail).split())[:300]}", file=sys.stderr)
+    if len(rows) > limit:
+        print(f"{stage}: ... and {len(rows) - limit} more failures", file=sys.stderr)
 
 
 def _caption_batch(captioner: Captioner, store, batch: list[str]):
@@ -253,13 +321,24 @@ def _caption_batch(captioner: Captioner, store, batch: list[str]):
         return results, errors
 
 
+@stage_main("captions")
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="clipvip captions", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="clipvip captions", description=__doc__.splitlines()[0],
+                                     epilog="options:\n" + CaptionOptions.help_text(),
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--frames", required=True, help="frame-store shard <k>.h5 (its <k>.failures.tsv is read too)")
     parser.add_argument("--out", required=True, help="captions JSONL to write")
     parser.add_argument("--failures", default=None, help="failure TSV (default <out stem>.failures.tsv)")
     parser.add_argument("--ids", default=None, help="optional shard id list; ids in neither store nor manifest fail")
-    parser.add_argument("--options", default=None, help="JSON object of CAPTION_DEFAULTS keys")
+    parser.add_argument("--failures-copy", default=None,
+                        help="second copy of the failure TSV outside the rule's outputs (a failed Snakemake job "
+                             "deletes its outputs; this copy survives), e.g. R/failures/captions/<ds>/<k>.failures.tsv")
+    parser.add_argument("--options", default=None, help="JSON object (or @file.json) of CaptionOptions keys")
     args = parser.parse_args(argv)
-    caption_shard(args.frames, args.out, parse_options(args.options), args.failures, args.ids)
+    try:
+        caption_shard(args.frames, args.out, CaptionOptions.from_dict(parse_options(args.options)), args.failures,
+                      args.ids, failures_copy=args.failures_copy)
+    except TooManyCaptionFailures as exc:
+        print(f"clipvip captions: error: {exc}", file=sys.stderr)
+        return 1
     return 0

@@ -6,6 +6,17 @@ Usage (the Snakefile does this before building the DAG):
 
 A bad value raises ``ConfigError`` whose message names the key path and what was expected, e.g.
 ``config error at datasets.demo_msrvtt.num_frames: 'eight' is not of type 'integer'``.
+
+Two layers, each the single source of its keys: the JSON schema holds the workflow's own keys (datasets,
+shard size, which stages run); every stage's ``options`` block is checked by that stage's options class
+(``clipvip.stage.StageOptions`` subclasses: ``FrameOptions``, ``CaptionOptions``, ``TrainOptions``,
+``EvaluateOptions``, ``DemoOptions``, ``TinyModelsOptions``), so a typo, a wrong type or an out-of-range value
+in any block fails ``snakemake -n`` naming the key path, e.g.
+``config error at evaluate.options.batchsize: unknown option of `clipvip evaluate`; did you mean batch_size?``.
+Names of encoders, losses and launchers come from ``clipvip.registry`` into the schema's enums.
+
+``pretrain.enabled`` defaults to whether ``pretrain.dataset`` is given: writing a pre-training dataset turns
+post-pretraining on, an ``options`` block alone does not.
 """
 from __future__ import annotations
 
@@ -15,6 +26,8 @@ from pathlib import Path
 
 import jsonschema
 import yaml
+
+from clipvip.stage import OptionError, did_you_mean
 
 
 class ConfigError(ValueError):
@@ -38,8 +51,19 @@ def _validator_with_defaults(schema: dict):
 
 
 def load_schema(path: str | Path) -> dict:
+    """The schema with the registries' names filled into the enums that name registered things."""
+    from clipvip.registry import LAUNCHERS, LOSSES, VIDEO_ENCODERS
+
     with open(path) as fh:
-        return yaml.safe_load(fh)
+        schema = yaml.safe_load(fh)
+    props = schema["properties"]
+    ablation = props["ablation"]["properties"]
+    ablation["video_encoder"]["items"]["enum"] = VIDEO_ENCODERS.names()
+    ablation["loss"]["items"]["enum"] = LOSSES.names()
+    props["evaluate"]["properties"]["zero_shot_encoder"]["enum"] = VIDEO_ENCODERS.names()
+    # "none" means "already launched", which a workflow rule never is.
+    props["launch"]["properties"]["launcher"]["enum"] = [n for n in LAUNCHERS.names() if n != "none"]
+    return schema
 
 
 def _where(error: jsonschema.ValidationError) -> str:
@@ -51,6 +75,9 @@ def validate_config(config: dict, schema_path: str | Path) -> dict:
     demo = config.get("demo") or {}
     if demo.get("enabled"):
         _fill_missing(config, demo.get("defaults") or {})
+    pretrain = config.get("pretrain")
+    if isinstance(pretrain, dict) and "enabled" not in pretrain:
+        pretrain["enabled"] = bool(pretrain.get("dataset"))
     validator = _validator_with_defaults(load_schema(schema_path))
     errors = sorted(validator.iter_errors(config), key=lambda e: list(e.absolute_path))
     if errors:
@@ -60,6 +87,10 @@ def validate_config(config: dict, schema_path: str | Path) -> dict:
     validator.validate(config)
     _expand_results(config, config["results"])
     _check_references(config)
+    try:
+        check_stage_options(config)
+    except OptionError as exc:
+        raise ConfigError(f"config error at {exc.path}: {exc.problem}") from None
     return config
 
 
@@ -82,15 +113,13 @@ def _expand_results(node, results: str):
             _expand_results(value, results)
 
 
-def demo_dir(config: dict) -> str:
-    return f"{config['results']}/demo"
-
-
 def _check_references(config: dict) -> None:
     datasets = config["datasets"]
     pretrain = config.get("pretrain", {})
     if pretrain.get("enabled"):
         name = pretrain.get("dataset")
+        if not name:
+            raise ConfigError("config error at pretrain.dataset: required when pretrain.enabled is true")
         if name not in datasets:
             raise ConfigError(
                 f"config error at pretrain.dataset: {name!r} is not one of datasets ({', '.join(datasets)})"
@@ -113,14 +142,173 @@ def _check_references(config: dict) -> None:
     for name in finetune.get("per_dataset", {}):
         if name not in finetune.get("datasets", []):
             raise ConfigError(f"config error at finetune.per_dataset.{name}: not listed in finetune.datasets")
+    _check_paths(config)
+
+
+def _built_by_demo(config: dict, path: str) -> bool:
+    """Whether a rule of the enabled demo creates ``path`` (its videos, annotations and tiny models)."""
+    if not (config.get("demo") or {}).get("enabled"):
+        return False
+    results = config["results"].rstrip("/")
+    return any(path == f"{results}/{sub}" or path.startswith(f"{results}/{sub}/") for sub in ("demo", "pretrained"))
+
+
+def _looks_like_path(value: str, results: str) -> bool:
+    """A model reference that is a folder, not a hub id (``name`` or ``org/name``)."""
+    results = results.rstrip("/")
+    return (value.startswith(("/", "./", "../", "~")) or value in (".", "..") or value.count("/") > 1
+            or value == results or value.startswith(results + "/") or "\\" in value)
+
+
+def _check_model_reference(key: str, value: str, config: dict) -> None:
+    """A path-like model that does not exist (or holds no config.json) fails now, not inside a job as an
+    invalid hub repo id."""
+    if not isinstance(value, str) or not value or not _looks_like_path(value, config["results"]):
+        return
+    if value.startswith("~"):
+        raise ConfigError(f"config error at {key}: {value!r}: '~' is not expanded inside jobs; write the absolute "
+                          f"path {str(Path(value).expanduser())!r}")
+    if _built_by_demo(config, value):
+        return
+    path = Path(value)
+    if not path.exists():
+        raise ConfigError(f"config error at {key}: {value!r} looks like a folder but does not exist (hub names are "
+                          "'name' or 'org/name'; a local model is a folder written by save_pretrained)")
+    if path.is_dir() and not (path / "config.json").is_file():
+        raise ConfigError(f"config error at {key}: folder {value!r} has no config.json: not a saved model "
+                          "(save_pretrained / clipvip convert-official / huggingface-cli download write one)")
+
+
+def _check_paths(config: dict) -> None:
+    """Paths a dry run can check: dataset video folders and model folders (not the demo's, a rule makes them)."""
+    for name, ds in config["datasets"].items():
+        video_dir = ds.get("video_dir")
+        if not isinstance(video_dir, str) or _built_by_demo(config, video_dir):
+            continue
+        if video_dir.startswith("~"):
+            raise ConfigError(f"config error at datasets.{name}.video_dir: {video_dir!r}: '~' is not expanded "
+                              f"inside jobs; write the absolute path {str(Path(video_dir).expanduser())!r}")
+        if not Path(video_dir).is_dir():
+            what = "is not a folder" if Path(video_dir).exists() else "does not exist"
+            raise ConfigError(f"config error at datasets.{name}.video_dir: {video_dir!r} {what}")
+    _check_model_reference("base_model", config.get("base_model"), config)
+    captions = config.get("captions") or {}
+    if captions.get("model") and (config.get("pretrain") or {}).get("enabled"):
+        _check_model_reference("captions.model", captions["model"], config)
+
+
+def check_stage_options(config: dict) -> None:
+    """Build every stage's options from its config section, as its job will (raises ``OptionError``)."""
+    from clipvip import evaluate_recognition
+    from clipvip.captions import CaptionOptions
+    from clipvip.demo_data import DemoOptions
+    from clipvip.evaluate import EvaluateOptions
+    from clipvip.frames.extract import FrameOptions
+    from clipvip.tiny_models import TinyModelsOptions
+    from clipvip.trainer.options import TrainOptions
+
+    # Vita-CLIP recognition section (first: it also keeps recognition datasets out of finetune.datasets).
+    evaluate_recognition.check_config(config)
+    demo = config.get("demo", {})
+    if demo.get("enabled"):
+        DemoOptions.from_dict(demo.get("corpus"), "demo.corpus")
+        TinyModelsOptions.from_dict(demo.get("tiny_models"), "demo.tiny_models")
+    frames = {k: v for k, v in config["frames"].items() if k != "shard_size"}
+    known = [*FrameOptions.option_fields(), "shard_size"]
+    for key in frames:
+        if key not in known:  # the section also holds the workflow's shard_size: suggest from both
+            raise OptionError(f"frames.{key}", f"unknown option of `clipvip frames`{did_you_mean(key, known)} "
+                              f"(valid: {', '.join(sorted(known))})")
+    if "num_frames" in frames:
+        raise OptionError("frames.num_frames", "frames per clip are a dataset setting: set datasets.<name>.num_frames")
+    FrameOptions.from_dict(frames, "frames")
+    captions = dict(config.get("captions", {}))
+    if not captions.get("model"):
+        if config["pretrain"]["enabled"] and needs_captions(config):
+            raise OptionError("captions.model", "required: post-pretraining with a caption loss "
+                              f"({', '.join(sorted(v['loss'] for v in variants(config).values()))}) needs a captioner")
+        captions["model"] = "-"  # not needed: check the other keys only
+    CaptionOptions.from_dict(captions, "captions")
+    if config["pretrain"]["enabled"]:
+        TrainOptions.from_dict(config["pretrain"].get("options"), "pretrain", "pretrain.options")
+        for variant in variants(config):
+            TrainOptions.from_dict(pretrain_options(config, variant), "pretrain", "pretrain.options")
+    finetune = config["finetune"]
+    TrainOptions.from_dict(finetune["options"], "finetune", "finetune.options")
+    for name, block in finetune["per_dataset"].items():
+        TrainOptions.from_dict(block, "finetune", f"finetune.per_dataset.{name}")
+    for variant in variants(config):
+        for name in finetune["datasets"]:
+            TrainOptions.from_dict(finetune_options(config, variant, name), "finetune",
+                                   f"finetune.per_dataset.{name}")
+    EvaluateOptions.from_dict(config["evaluate"]["options"], "evaluate.options")
+    check_analysis_options(config)
+
+
+def check_analysis_options(config: dict) -> None:
+    """The analyses' and the data-scale study's sections (part of ``check_stage_options``)."""
+    from clipvip.analysis.data_scale import DataScaleOptions
+    from clipvip.analysis.domain_gap import DomainGapOptions
+    from clipvip.analysis.gallery import GalleryOptions
+
+    analysis = config.get("analysis") or {}
+    domain_gap = {k: v for k, v in (analysis.get("domain_gap") or {}).items() if k != "enabled"}
+    DomainGapOptions.from_dict(domain_gap, "analysis.domain_gap")
+    gallery = {k: v for k, v in (analysis.get("gallery") or {}).items() if k not in ("enabled", "variant")}
+    GalleryOptions.from_dict(gallery, "analysis.gallery")
+    for name in config["finetune"]["datasets"]:
+        GalleryOptions.from_dict({**dataset_settings(config, name), **gallery}, "analysis.gallery")
+    variant = (analysis.get("gallery") or {}).get("variant")
+    if variant and variant not in variants(config):
+        raise OptionError("analysis.gallery.variant", f"{variant!r} is not one of the variants "
+                          f"({', '.join(variants(config))})")
+    study = config.get("study") or {}
+    fractions = study.get("data_scale") or []
+    if fractions and not config["pretrain"]["enabled"]:
+        raise OptionError("study.data_scale", "the data-scale study post-pretrains on subsets: it needs "
+                          "post-pretraining (pretrain.enabled)")
+    for i, fraction in enumerate(fractions):
+        DataScaleOptions.from_dict({"fraction": fraction, "seed": study.get("seed", 0)}, f"study.data_scale.{i}")
+    if fractions:
+        study_variant(config)
+
+
+def needs_captions(config: dict) -> bool:
+    """Whether some post-pretraining variant's loss has a caption (C) term."""
+    from clipvip.registry import LOSSES
+
+    return any("C" in LOSSES.get(v["loss"]).keys for v in variants(config).values())
 
 
 def variants(config: dict) -> dict[str, dict]:
-    """Ablation variants: name ``<encoder>-<loss>`` → ``{"video_encoder": ..., "loss": ...}``."""
+    """Ablation variants: name ``<encoder>-<loss>`` → ``{"video_encoder": ..., "loss": ...}``; plus, for each
+    fraction f < 1 of ``study.data_scale``, ``<variant>-scale<f>`` (e.g. ``vip-vsc_fc-scale0p1``: the study's
+    variant, default the first, post-pretrained on a nested subset) with ``"data_scale": f``. Fraction 1.0 is the
+    study's variant itself (the same data and steps)."""
     ablation = config.get("ablation", {})
     encoders = ablation.get("video_encoder", ["vip"])
     losses = ablation.get("loss", ["vsc_fc"])
-    return {f"{enc}-{loss}": {"video_encoder": enc, "loss": loss} for enc, loss in itertools.product(encoders, losses)}
+    found = {f"{enc}-{loss}": {"video_encoder": enc, "loss": loss} for enc, loss in itertools.product(encoders, losses)}
+    study = config.get("study") or {}
+    fractions = sorted({float(f) for f in study.get("data_scale") or [] if float(f) < 1.0})
+    if fractions:
+        from clipvip.analysis.data_scale import variant_suffix
+
+        name = study_variant(config, found)
+        for fraction in fractions:
+            found[f"{name}-{variant_suffix(fraction)}"] = {**found[name], "data_scale": fraction}
+    return found
+
+
+def study_variant(config: dict, base: dict | None = None) -> str:
+    """The variant the data-scale study scales (``study.variant``, default the first ablation variant)."""
+    if base is None:
+        base = {k: v for k, v in variants(config).items() if "data_scale" not in v}
+    name = (config.get("study") or {}).get("variant") or next(iter(base))
+    if name not in base:
+        raise ConfigError(f"config error at study.variant: {name!r} is not one of the ablation variants "
+                          f"({', '.join(base)})")
+    return name
 
 
 def dataset_settings(config: dict, name: str) -> dict:
@@ -131,7 +319,8 @@ def dataset_settings(config: dict, name: str) -> dict:
 
 def pretrain_options(config: dict, variant: str) -> dict:
     name = config["pretrain"]["dataset"]
-    return {**dataset_settings(config, name), **config["pretrain"]["options"], **variants(config)[variant]}
+    keys = {k: v for k, v in variants(config)[variant].items() if k != "data_scale"}  # data: the annotations
+    return {**dataset_settings(config, name), **config["pretrain"]["options"], **keys}
 
 
 def finetune_options(config: dict, variant: str, dataset: str) -> dict:

@@ -19,14 +19,21 @@ Layout under ``--out``:
     DONE.json                             written last: options, counts, files (the workflow's output)
 
 Datasets (ids ``pt_00000``, ``msr_00000``, ``dd_00000``):
-    demo_pretrain  train only; noisy ASR-like subtitles (fillers, unrelated words, usually the motion)
+    demo_pretrain  train only; ASR-like subtitles (fillers, unrelated chatter, misheard and wrong words,
+                   the motion ~75% of the time; ``asr_subtitle``)
     demo_msrvtt    train lines hold a list of 5 paraphrases; val/test lines one caption (like 1k-A)
     demo_didemo    paragraphs: one sentence per motion segment
+    demo_actions   action recognition (off unless ``actions_clips`` has counts; ids ``act_00000``): the class is
+                   the clip's direction sequence ("moves right then up", 2-3 perpendicular segments, 24
+                   classes); every 4th class (6) is held out for zero-shot. Files: demo_actions_{train,val,
+                   test}.jsonl (seen classes) and demo_actions_unseen_test.jsonl (held-out classes), lines
+                   {"clip_id", "label"}; demo_actions_classes.txt / demo_actions_unseen_classes.txt (one class
+                   per line). ``clip_ids(options, "demo_actions_unseen")`` gives the held-out clips' ids.
 
 Options (``DemoOptions``): seed 0, frame_size 64 (square px, even), num_frames 32, fps 8, crf 0 (x264
 quality; 0 = lossless, so decoded frames are reproducible bit for bit: libx264's output bytes can differ
 between runs inside one process, its lossless decode cannot), pretrain_clips 256, msrvtt_clips {train 128, val 32, test 32}, didemo_clips {train 96, val 32,
-test 32}, workers 2 (processes encoding videos; output does not depend on it).
+test 32}, actions_clips {} (e.g. {train 144, val 36, test 72, unseen 36}), workers 2 (processes encoding videos; output does not depend on it).
 
 Writes are atomic: everything goes to ``--out/.demo-tmp-<pid>/`` first, then ``videos/`` and
 ``annotations/`` are swapped in and ``DONE.json`` is written last, so a killed run never looks complete.
@@ -40,12 +47,12 @@ import shutil
 import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from clipvip.cli import parse_options
+from clipvip.stage import OptionError, StageOptions, option, parse_options, stage_main, write_json_atomic
 
 COLOURS = {"red": (220, 40, 40), "green": (40, 180, 60), "blue": (50, 90, 235), "yellow": (235, 215, 40),
            "purple": (150, 60, 200), "orange": (245, 140, 30), "white": (240, 240, 240)}
@@ -60,34 +67,48 @@ ADVERB = {"right": "to the right", "left": "to the left", "up": "upward", "down"
 DATASETS = {"demo_pretrain": ("pt", "pretrain_clips"), "demo_msrvtt": ("msr", "msrvtt_clips"),
             "demo_didemo": ("dd", "didemo_clips")}
 SPLITS = ("train", "val", "test")
+# Action recognition (Vita-CLIP demo): its own datasets, kept apart from DATASETS (video-text sets).
+# name -> (clip id prefix, options field, which class split); "unseen" clips hold the held-out classes only.
+ACTION_DATASETS = {"demo_actions": ("act", "actions_clips"), "demo_actions_unseen": ("act", "actions_clips")}
+ACTION_SPLITS = ("train", "val", "test", "unseen")
+ACTION_HELD_OUT_EVERY = 4  # classes 3, 7, 11, ... of action_classes() are never trained on
 
 
 @dataclass
-class DemoOptions:
-    seed: int = 0
-    frame_size: int = 64
-    num_frames: int = 32
-    fps: int = 8
-    crf: int = 0  # 0 = lossless: decoded frames are then identical across runs (x264's bytes may not be)
-    pretrain_clips: int = 256
-    msrvtt_clips: dict = field(default_factory=lambda: {"train": 128, "val": 32, "test": 32})
-    didemo_clips: dict = field(default_factory=lambda: {"train": 96, "val": 32, "test": 32})
-    workers: int = 2
+class DemoOptions(StageOptions):
+    STAGE = "demo-data"
+    seed: int = option(0, "corpus seed (shapes, colours, motions)")
+    frame_size: int = option(64, "square frame side in pixels (even)", minimum=16, maximum=512)
+    num_frames: int = option(32, "frames per clip (3 motion segments need >= 6)", minimum=6, maximum=512)
+    fps: int = option(8, "frames per second of the MP4s", minimum=1, maximum=60)
+    crf: int = option(0, "x264 CRF; 0 = lossless: decoded frames are then identical across runs", minimum=0,
+                      maximum=51)
+    pretrain_clips: int = option(256, "clips of demo_pretrain (train split)", minimum=2)
+    msrvtt_clips: dict = option({"train": 128, "val": 32, "test": 32}, "clips per split of demo_msrvtt")
+    didemo_clips: dict = option({"train": 96, "val": 32, "test": 32}, "clips per split of demo_didemo")
+    actions_clips: dict = option({}, "clips per split of demo_actions (train, val, test: seen classes; unseen: "
+                                 "held-out classes, for zero-shot); empty = no action clips")
+    workers: int = option(2, "encoding processes", minimum=1)
 
     @classmethod
-    def from_dict(cls, values: dict | "DemoOptions" | None) -> "DemoOptions":
-        if isinstance(values, DemoOptions):
-            return values
-        values = dict(values or {})
-        unknown = sorted(set(values) - set(cls.__dataclass_fields__))
-        if unknown:
-            raise ValueError(f"demo-data options: unknown keys {unknown}; known: {sorted(cls.__dataclass_fields__)}")
-        options = cls(**values)
-        if options.frame_size < 16 or options.frame_size % 2:
-            raise ValueError(f"demo-data options: frame_size must be an even number >= 16, got {options.frame_size}")
-        if options.num_frames < 6:
-            raise ValueError(f"demo-data options: num_frames must be >= 6 (3 motion segments), got {options.num_frames}")
-        return options
+    def from_dict(cls, values: dict | "DemoOptions" | None, where: str = "--options") -> "DemoOptions":
+        return values if isinstance(values, DemoOptions) else super().from_dict(values, where)
+
+    def check(self, where: str) -> None:
+        if self.frame_size % 2:
+            raise OptionError(f"{where}.frame_size", f"{self.frame_size} is not even (H.264 needs even sizes)")
+        for name in ("msrvtt_clips", "didemo_clips"):
+            counts = getattr(self, name)
+            for split, count in counts.items():
+                if split not in SPLITS:
+                    raise OptionError(f"{where}.{name}.{split}", f"unknown split (valid: {', '.join(SPLITS)})")
+                if not isinstance(count, int) or isinstance(count, bool) or count < 0:
+                    raise OptionError(f"{where}.{name}.{split}", f"{count!r} is not a clip count")
+        for split, count in self.actions_clips.items():
+            if split not in ACTION_SPLITS:
+                raise OptionError(f"{where}.actions_clips.{split}", f"unknown split (valid: {', '.join(ACTION_SPLITS)})")
+            if not isinstance(count, int) or isinstance(count, bool) or count < 0:
+                raise OptionError(f"{where}.actions_clips.{split}", f"{count!r} is not a clip count")
 
     def split_counts(self, dataset: str) -> dict[str, int]:
         if dataset not in DATASETS:
@@ -95,9 +116,6 @@ class DemoOptions:
         counts = getattr(self, DATASETS[dataset][1])
         if isinstance(counts, int):
             counts = {"train": counts}
-        unknown = sorted(set(counts) - set(SPLITS))
-        if unknown:
-            raise ValueError(f"demo-data options: {DATASETS[dataset][1]} has unknown splits {unknown}")
         return {split: int(counts[split]) for split in SPLITS if int(counts.get(split, 0)) > 0}
 
 
@@ -119,6 +137,8 @@ class ClipSpec:
 def split_clip_ids(options: dict | DemoOptions | None, dataset: str) -> dict[str, list[str]]:
     """Clip ids per split, numbered consecutively over train, val, test (nothing is written)."""
     options = DemoOptions.from_dict(options)
+    if dataset in ACTION_DATASETS:
+        return action_split_ids(options, dataset)
     prefix = DATASETS[dataset][0] if dataset in DATASETS else None
     out, next_number = {}, 0
     for split, count in options.split_counts(dataset).items():
@@ -135,6 +155,9 @@ def clip_ids(options: dict | DemoOptions | None, dataset: str) -> list[str]:
 def annotation_files(out: str | os.PathLike, dataset: str, options: dict | DemoOptions | None = None
                      ) -> dict[str, Path]:
     """``{split: out/annotations/<dataset>_<split>.jsonl}`` for the splits the options give ``dataset``."""
+    if dataset in ACTION_DATASETS:
+        return {split: Path(out) / "annotations" / f"{dataset}_{split}.jsonl"
+                for split in action_split_ids(options, dataset)}
     splits = DemoOptions.from_dict(options).split_counts(dataset)
     return {split: Path(out) / "annotations" / f"{dataset}_{split}.jsonl" for split in splits}
 
@@ -220,6 +243,75 @@ def render_clip(spec: ClipSpec, options: dict | DemoOptions | None) -> np.ndarra
     return frames[::-1].copy() if spec.reversed else frames
 
 
+def shape_mask(shape: str, dx: np.ndarray, dy: np.ndarray, half: float) -> np.ndarray:
+    """Pixels of ``shape`` (half-size ``half``) at offsets ``dx, dy`` from its centre (as ``render_clip``)."""
+    if shape == "square":
+        return (np.abs(dx) <= half) & (np.abs(dy) <= half)
+    if shape == "circle":
+        return dx ** 2 + dy ** 2 <= half ** 2
+    if shape == "diamond":
+        return np.abs(dx) + np.abs(dy) <= half * DIAMOND_SCALE
+    return (np.abs(dy) <= half) & (np.abs(dx) <= (dy + half) / 2)
+
+
+# ----------------------------------------------------------------------------------------------- still images
+# The image-text corpus the demo's tiny CLIP and captioner are pre-trained on (a stand-in for CLIP's web
+# images): one still shape, captions saying what and where, nothing about motion.
+SIZES = {"small": 1.0, "large": 1.6}  # half-size in units of frame_size // 8 (videos use "small")
+ROWS = ("top", "middle", "bottom")
+COLUMNS = ("left", "centre", "right")
+
+
+def still_specs(rng, count: int) -> list[dict]:
+    """``count`` random still-image specs: colour, shape, size, background, row/column cell, centre jitter."""
+    specs = []
+    for _ in range(count):
+        specs.append({"colour": str(rng.choice(list(COLOURS))), "shape": str(rng.choice(SHAPES)),
+                      "size": str(rng.choice(list(SIZES))), "background": int(rng.integers(len(BACKGROUNDS))),
+                      "row": int(rng.integers(3)), "column": int(rng.integers(3)),
+                      "jitter": [float(v) for v in rng.uniform(-0.5, 0.5, 2)]})
+    return specs
+
+
+def render_still(spec: dict, frame_size: int = 64) -> np.ndarray:
+    """uint8 [size, size, 3]: the shape of ``spec`` in its cell of a 3x3 grid (same drawing as the videos)."""
+    half = frame_size // 8 * SIZES[spec["size"]]
+    reach = half * DIAMOND_SCALE
+    cell = (frame_size - 2 * reach - 4) / 3
+    cx = 2 + reach + cell * (spec["column"] + 0.5 + 0.8 * spec["jitter"][0])
+    cy = 2 + reach + cell * (spec["row"] + 0.5 + 0.8 * spec["jitter"][1])
+    ys, xs = np.mgrid[0:frame_size, 0:frame_size].astype(np.float32) + 0.5
+    image = np.empty((frame_size, frame_size, 3), np.uint8)
+    image[:] = BACKGROUNDS[spec["background"]]
+    image[shape_mask(spec["shape"], xs - cx, ys - cy, half)] = COLOURS[spec["colour"]]
+    return image
+
+
+def still_position(spec: dict) -> str:
+    row, column = ROWS[spec["row"]], COLUMNS[spec["column"]]
+    if row == "middle" and column == "centre":
+        return "in the centre"
+    if row == "middle":
+        return f"on the {column}"
+    if column == "centre":
+        return f"at the {row}"
+    return f"in the {row} {column}"
+
+
+def still_caption(spec: dict, rng=None) -> str:
+    """Alt-text-like description: ``"a small red square in the top left"`` (a few templates)."""
+    what = f"{spec['size']} {spec['colour']} {spec['shape']}"
+    where = still_position(spec)
+    templates = (f"a {what} {where}", f"a photo of a {what} {where}", f"{where} there is a {what}",
+                 f"a {what} {where} on a plain background")
+    return templates[0] if rng is None else str(rng.choice(templates))
+
+
+def still_short_caption(spec: dict) -> str:
+    """What the demo's captioner learns to write: ``"a red square"``."""
+    return f"a {spec['colour']} {spec['shape']}"
+
+
 # ----------------------------------------------------------------------------------------------- captions
 def _then_list(words: list[str]) -> str:
     return ", then ".join(words)
@@ -256,21 +348,45 @@ UNRELATED = ("today", "we're", "gonna", "look", "at", "this", "recipe", "thanks"
              "weather", "guys", "video", "check", "out", "my", "channel", "really", "nice", "and", "here")
 
 
+# What a speech recogniser makes of the words (homophones and near-misses), and the confusions a speaker
+# makes (the wrong colour or shape named): ASR subtitles are only partly about what is on screen.
+MISHEARD = {"red": ("read", "bread"), "blue": ("blew", "glue"), "green": ("greet", "queen"),
+            "yellow": ("hello", "fellow"), "purple": ("people", "pebble"), "orange": ("arrange", "storage"),
+            "white": ("right", "wide"), "square": ("scare", "where"), "circle": ("circus", "surgical"),
+            "triangle": ("try angle", "tangle"), "diamond": ("diamonds", "dime and"),
+            "right": ("write", "bright"), "left": ("lift", "laughed"), "up": ("op", "cup"), "down": ("town", "done")}
+
+
+def _heard(word: str, rng, p_misheard: float) -> str:
+    return str(rng.choice(MISHEARD[word])) if word in MISHEARD and rng.random() < p_misheard else word
+
+
 def asr_subtitle(spec: ClipSpec, rng) -> str:
-    """Noisy lowercase ASR-like text: fillers and unrelated words; mentions the motion ~85% of the time."""
+    """Noisy lowercase ASR-like text, only partly about the clip (like HD-VILA's subtitles).
+
+    The speaker mentions the motion ~75% of the time (in order; each direction word misheard 15%), names the
+    colour ~55% (a wrong colour 25% of those) and the shape ~55% (a wrong shape 25%), and 15% of
+    subtitles are unrelated chatter; every content word may come out as a homophone (``MISHEARD``) and the
+    text is padded with fillers and unrelated words."""
     def noise(low, high):
         words = [str(rng.choice(FILLERS)) if rng.random() < 0.4 else str(rng.choice(UNRELATED))
                  for _ in range(int(rng.integers(low, high)))]
         return " ".join(words)
 
-    roll = rng.random()
-    if roll < 0.85:
-        moves = f" {rng.choice(FILLERS)} and then ".join(spec.motions)
-        core = f"the {spec.colour} {spec.shape} is going {moves}"
-    elif roll < 0.95:
-        core = f"here's a {spec.colour} {spec.shape}"
+    if rng.random() < 0.15:
+        return noise(4, 10)
+    colour, shape = spec.colour, spec.shape
+    if rng.random() < 0.25:
+        colour = str(rng.choice([c for c in COLOURS if c != spec.colour]))
+    if rng.random() < 0.25:
+        shape = str(rng.choice([x for x in SHAPES if x != spec.shape]))
+    thing = " ".join(w for w, keep in ((_heard(colour, rng, 0.2), rng.random() < 0.55),
+                                       (_heard(shape, rng, 0.2), rng.random() < 0.55)) if keep) or "thing"
+    if rng.random() < 0.75:
+        moves = f" {rng.choice(FILLERS)} and then ".join(_heard(m, rng, 0.15) for m in spec.motions)
+        core = f"the {thing} is going {moves}"
     else:
-        core = noise(3, 6)
+        core = f"here's the {thing}"
     return " ".join(part for part in (noise(1, 5), core, noise(0, 4)) if part)
 
 
@@ -295,6 +411,99 @@ def annotation_lines(options: DemoOptions, dataset: str) -> tuple[dict[str, list
                      "background": list(spec.background), "num_frames": options.num_frames, "fps": options.fps,
                      "frame_size": options.frame_size})
     return by_split, meta
+
+
+# ----------------------------------------------------------------------------------------------- actions
+def action_classes() -> list[str]:
+    """Every action class: direction sequences of 2 and 3 perpendicular segments (24), as labels."""
+    sequences = []
+    for length in (2, 3):
+        partial = [[d] for d in DIRECTIONS]
+        for _ in range(length - 1):
+            partial = [seq + [d] for seq in partial for d in DIRECTIONS
+                       if (d in ("left", "right")) != (seq[-1] in ("left", "right"))]
+        sequences += partial
+    return [action_label(seq) for seq in sequences]
+
+
+def action_label(motions: list[str]) -> str:
+    """The class name of a motion sequence: ``["right", "up"]`` -> ``"moves right then up"``."""
+    return "moves " + " then ".join(motions)
+
+
+def action_class_split() -> tuple[list[str], list[str]]:
+    """``(seen, held_out)`` classes: every ``ACTION_HELD_OUT_EVERY``-th class is held out for zero-shot."""
+    classes = action_classes()
+    held = [c for i, c in enumerate(classes) if i % ACTION_HELD_OUT_EVERY == ACTION_HELD_OUT_EVERY - 1]
+    return [c for c in classes if c not in held], held
+
+
+def action_split_ids(options: dict | DemoOptions | None, dataset: str = "demo_actions") -> dict[str, list[str]]:
+    """Clip ids per split of ``demo_actions`` (train/val/test) or ``demo_actions_unseen`` (its ``test`` split =
+    the held-out classes' clips); numbered consecutively over train, val, test, unseen."""
+    options = DemoOptions.from_dict(options)
+    out, number = {}, 0
+    for split in ACTION_SPLITS:
+        count = int(options.actions_clips.get(split, 0))
+        ids = [f"act_{n:05d}" for n in range(number, number + count)]
+        number += count
+        if count and (split == "unseen") == (dataset == "demo_actions_unseen"):
+            out["test" if split == "unseen" else split] = ids
+    return out
+
+
+def action_specs(options: dict | DemoOptions | None) -> list[ClipSpec]:
+    """Every action clip (both datasets): clip k of a split shows class k mod n of that split's classes
+    (seen classes for train/val/test, held-out ones for unseen); colour, shape, background and position random."""
+    options = DemoOptions.from_dict(options)
+    seen, held = action_class_split()
+    motions_of = {action_label(m): m for m in _action_sequences()}
+    specs = []
+    for dataset in ACTION_DATASETS:
+        classes = held if dataset == "demo_actions_unseen" else seen
+        for split, ids in action_split_ids(options, dataset).items():
+            for k, clip_id in enumerate(ids):
+                rng = np.random.default_rng([options.seed, 100, int(clip_id.split("_")[1])])
+                specs.append(_action_spec(rng, options, clip_id, split, motions_of[classes[k % len(classes)]]))
+    return specs
+
+
+def _action_sequences() -> list[list[str]]:
+    return [label[len("moves "):].split(" then ") for label in action_classes()]
+
+
+def _action_spec(rng, options: DemoOptions, clip_id: str, split: str, motions: list[str]) -> ClipSpec:
+    """A clip of the given motions (same geometry rules as the video-text clips; no twin)."""
+    colour = str(rng.choice(list(COLOURS)))
+    shape = str(rng.choice(SHAPES))
+    background = BACKGROUNDS[int(rng.integers(len(BACKGROUNDS)))]
+    unit_path = _path(motions, options.num_frames, step=1.0, start=(0.0, 0.0))
+    reach = int(np.ceil(options.frame_size // 8 * DIAMOND_SCALE))
+    room = options.frame_size - 2 * reach - 4
+    extent = unit_path.max(0) - unit_path.min(0)
+    step = float(min(options.frame_size / 16, room / max(extent.max(), 1)))
+    low = 2 + reach - unit_path.min(0) * step
+    high = options.frame_size - 2 - reach - unit_path.max(0) * step
+    start = tuple(float(rng.uniform(lo, hi)) for lo, hi in zip(low, high))
+    return ClipSpec(clip_id, split, colour, shape, background, list(motions), None, False, start, step)
+
+
+def write_action_annotations(folder: Path, options: DemoOptions) -> dict:
+    """The action datasets' label JSONL files and class lists into ``folder``; returns the clip counts."""
+    seen, held = action_class_split()
+    specs = {s.clip_id: s for s in action_specs(options)}
+    counts = {}
+    for dataset in ACTION_DATASETS:
+        for split, ids in action_split_ids(options, dataset).items():
+            _write_jsonl(folder / f"{dataset}_{split}.jsonl",
+                         [{"clip_id": i, "label": action_label(specs[i].motions)} for i in ids])
+            counts[f"{dataset}/{split}"] = len(ids)
+    (folder / "demo_actions_classes.txt").write_text("".join(f"{c}\n" for c in seen))
+    (folder / "demo_actions_unseen_classes.txt").write_text("".join(f"{c}\n" for c in held))
+    _write_jsonl(folder / "demo_actions_meta.jsonl", [
+        {"clip_id": s.clip_id, "split": s.split, "label": action_label(s.motions), "colour": s.colour,
+         "shape": s.shape, "motions": s.motions} for s in specs.values()])
+    return counts
 
 
 # ----------------------------------------------------------------------------------------------- writing
@@ -323,6 +532,9 @@ def write_corpus(out: str | os.PathLike, options: dict | DemoOptions | None = No
     (tmp / "annotations").mkdir()
     try:
         jobs, summary = [], {}
+        if any(options.actions_clips.values()):
+            summary["demo_actions"] = write_action_annotations(tmp / "annotations", options)
+            jobs += [(spec, options, str(tmp / "videos" / f"{spec.clip_id}.mp4")) for spec in action_specs(options)]
         for dataset in DATASETS:
             by_split, meta = annotation_lines(options, dataset)
             for split, lines in by_split.items():
@@ -345,26 +557,21 @@ def write_corpus(out: str | os.PathLike, options: dict | DemoOptions | None = No
                 old = tmp / f"old-{sub}"
                 os.replace(target, old)
             os.replace(tmp / sub, target)
-        done = {"options": asdict(options), "clips": summary, "num_videos": len(jobs),
+        done = {"options": options.to_dict(), "clips": summary, "num_videos": len(jobs),
                 "annotations": sorted(p.name for p in (out / "annotations").glob("*.jsonl"))}
-        done_tmp = out / f"DONE.json.tmp-{os.getpid()}"
-        done_tmp.write_text(json.dumps(done, indent=2) + "\n")
-        os.replace(done_tmp, done_path)
+        write_json_atomic(done_path, done)
         return done
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+@stage_main("demo-data")
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="clipvip demo-data", description=__doc__.splitlines()[0])
     parser.add_argument("--out", required=True, help="corpus directory (videos/, annotations/, DONE.json)")
     parser.add_argument("--options", default=None, help="JSON object (or @file.json) of DemoOptions fields")
     args = parser.parse_args(argv)
-    try:
-        options = DemoOptions.from_dict(parse_options(args.options))
-    except (TypeError, ValueError) as exc:
-        print(f"clipvip demo-data: {exc}", file=sys.stderr)
-        return 2
+    options = DemoOptions.from_dict(parse_options(args.options))
     started = time.perf_counter()
     done = write_corpus(args.out, options)
     print(f"demo-data: wrote {done['num_videos']} videos and annotations {done['clips']} to {args.out} "

@@ -33,7 +33,9 @@ import subprocess
 import sys
 from dataclasses import dataclass
 
-LAUNCHERS = ("local", "srun", "submitit", "none")
+from clipvip.registry import LAUNCHERS
+from clipvip.stage import UserError
+
 CHILD_ENV = "CLIPVIP_CHILD"  # set for ranks started by relaunch_local
 
 
@@ -110,29 +112,39 @@ def _export(rank: int, world: int, local: int, addr: str, port: int) -> None:
                       MASTER_PORT=str(port))
 
 
+@LAUNCHERS.register("srun")
+def _srun_env(env) -> None:
+    try:
+        rank, world, local = int(env["SLURM_PROCID"]), int(env["SLURM_NTASKS"]), int(env["SLURM_LOCALID"])
+    except KeyError as exc:
+        raise UserError(f"launcher 'srun': {exc.args[0]} is not set; start the ranks with "
+                        "`srun -n N clipvip train ...`") from None
+    nodelist = env.get("SLURM_STEP_NODELIST") or env.get("SLURM_JOB_NODELIST") or socket.gethostname()
+    # Always from the step itself: sbatch exports the submitting shell's environment, so an inherited
+    # MASTER_ADDR/PORT (another job's, a test's) would send every rank to the wrong rendezvous.
+    _export(rank, world, local, first_host(nodelist), slurm_port(env.get("SLURM_JOB_ID", "0")))
+
+
+@LAUNCHERS.register("submitit")
+def _submitit_env(env) -> None:
+    import submitit
+
+    submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False)
+
+
+@LAUNCHERS.register("local")
+@LAUNCHERS.register("none")
+def _launched_env(env) -> None:
+    """Already launched (torchrun, the deepspeed launcher, ``local`` re-executed) or a single process."""
+    if "RANK" not in env:  # a single process, nobody launched us
+        _export(0, 1, 0, "127.0.0.1", free_port())
+    env.setdefault("LOCAL_RANK", env["RANK"])
+
+
 def init_distributed_env(launcher: str, backend: str = "auto") -> DistInfo:
     """Set RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR, MASTER_PORT from ``launcher``'s environment."""
     env = os.environ
-    if launcher == "srun":
-        try:
-            rank, world, local = int(env["SLURM_PROCID"]), int(env["SLURM_NTASKS"]), int(env["SLURM_LOCALID"])
-        except KeyError as exc:
-            raise SystemExit(f"launcher 'srun': {exc.args[0]} is not set; start the ranks with "
-                             "`srun -n N python -m clipvip train ...`") from None
-        nodelist = env.get("SLURM_STEP_NODELIST") or env.get("SLURM_JOB_NODELIST") or socket.gethostname()
-        # Always from the step itself: sbatch exports the submitting shell's environment, so an inherited
-        # MASTER_ADDR/PORT (another job's, a test's) would send every rank to the wrong rendezvous.
-        _export(rank, world, local, first_host(nodelist), slurm_port(env.get("SLURM_JOB_ID", "0")))
-    elif launcher == "submitit":
-        import submitit
-
-        submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False)
-    elif launcher in ("none", "local"):
-        if "RANK" not in env:  # a single process, nobody launched us
-            _export(0, 1, 0, "127.0.0.1", free_port())
-        env.setdefault("LOCAL_RANK", env["RANK"])
-    else:
-        raise SystemExit(f"launcher must be one of {LAUNCHERS}, got {launcher!r}")
+    LAUNCHERS.get(launcher)(env)
     info = DistInfo(rank=int(env["RANK"]), world_size=int(env["WORLD_SIZE"]), local_rank=int(env["LOCAL_RANK"]),
                     master_addr=env["MASTER_ADDR"], master_port=int(env["MASTER_PORT"]),
                     backend=resolve_backend(backend))

@@ -1,175 +1,183 @@
-"""Text<->video retrieval evaluation: ``evaluate_model`` (also used by the trainer) and ``clipvip evaluate``.
+"""``clipvip evaluate``: text<->video retrieval metrics of a model on one dataset split.
 
 Usage:
-    clipvip evaluate --model R/runs/finetune/vsc_fc/demo_msrvtt/model --frames-index R/frames/demo_msrvtt/index.json \
-        --annotations R/demo/annotations/demo_msrvtt_test.jsonl --out R/eval/vip_vsc_fc/demo_msrvtt/test.json \
-        --row '{"method": "CLIP-ViP", "stage": "finetuned", "encoder": "vip", "loss": "vsc_fc",
+    clipvip evaluate --model R/runs/finetune/vip-vsc_fc/demo_msrvtt/model --frames-index R/frames/demo_msrvtt/index.json \
+        --annotations R/demo/annotations/demo_msrvtt_test.jsonl --out R/eval/finetuned-vip-vsc_fc/demo_msrvtt/test.json \
+        --row '{"method": "CLIP-ViP", "stage": "fine-tuned", "encoder": "vip", "loss": "vsc_fc",
                 "dataset": "demo_msrvtt", "split": "test"}' \
         --options '{"num_frames": 12, "max_text_len": 50, "text_mode": "sample", "batch_size": 16}'
 
-    from clipvip.evaluate import evaluate_model
-    result = evaluate_model(model, tokenizer, FrameIndex(index_json), read_annotations(path), num_frames=12,
-                            max_text_len=50)
-    result["t2v"]["R1"], result["v2t_dsl"]["MdR"], result["missing_clips"]
-
-Every annotated clip's uniform frames (``FinetuneDataset`` in eval mode) and every text are encoded
-(L2-normalised), ``sim = texts x videos``, and ``clipvip.metrics.all_metrics`` gives t2v / v2t with and
-without DSL (definitions, incl. pessimistic ties and multi-caption v2t, in ``clipvip.metrics``). Every
-text of a clip is a query (``text_mode: sample``); paragraph sets use ``text_mode: join``. Clips missing
-from the frame store are skipped and counted in ``missing_clips``.
-
-Options (``EVAL_DEFAULTS``): ``num_frames`` 12, ``max_text_len`` 50, ``text_mode`` "sample", ``batch_size``
-16, ``device`` "auto" (cuda when available), ``dsl`` true, ``v2t_dsl`` "transpose" (or "clipvip", see
-``clipvip.metrics``), ``num_workers`` 0 (frame-loading processes), ``image_size`` null (= the model's),
-``video_encoder`` null (keep the folder's; e.g. "meanpool" turns a plain CLIP folder into the CLIP4Clip-style
-zero-shot baseline) -- any ``clipvip.model.VIDEO_FIELDS`` key is passed to ``from_pretrained`` likewise.
+The scoring itself is ``clipvip.retrieval.evaluate_model`` (the trainer's validation calls it too); every
+option, its default and meaning: ``EvaluateOptions``.
 
 Output JSON (written atomically): the ``--row`` fields, ``row_keys`` (their names, for ``clipvip tables``),
-``t2v``, ``v2t``, ``t2v_dsl``, ``v2t_dsl`` (each R1, R5, R10, MdR, MnR), ``num_queries``, ``num_videos``,
-``missing_clips``, ``model``, ``options`` and ``seconds``.
+``t2v``, ``v2t``, ``t2v_dsl``, ``v2t_dsl`` (each R1, R5, R10, MdR, MnR), ``order_acc`` (percent of captions whose
+video outscores the same video with its frames reversed; 50 = order-blind; with ``order_acc: true``), ``num_queries``, ``num_videos``,
+``missing_clips``, ``missing_ids``, ``complete`` (True only when every annotated clip was scored: the full
+protocol), ``max_missing_fraction`` (the limit applied), ``model``, ``options`` and ``seconds``.
+
+Missing clips (annotated, but without frames in the store) never shrink the test set silently: when more
+than ``max_missing_fraction`` of the split's clips are missing (default: 0 for ``test`` -- any missing clip
+fails --, 0.05 for other splits), the stage exits 2 with one line naming the first missing clips, their
+count and the frames failure manifest that records why, and writes nothing. With a raised threshold the
+numbers are written with ``complete: false`` and ``clipvip tables`` marks them.
 """
 from __future__ import annotations
 
 import argparse
-import json
-import os
+import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
-import torch
-from tqdm import tqdm
+from clipvip.registry import VIDEO_ENCODERS
+from clipvip.stage import (StageOptions, UserError, available_cpus, option, parse_options, resolve_device,
+                           stage_main, write_json_atomic)
 
-from clipvip.cli import parse_options
-from clipvip.metrics import all_metrics, t2v_metrics, v2t_metrics
+DEFAULT_MAX_MISSING = {"test": 0.0}  # other splits (val, train): OTHER_SPLITS_MAX_MISSING
+OTHER_SPLITS_MAX_MISSING = 0.05
 
-EVAL_DEFAULTS = {"num_frames": 12, "max_text_len": 50, "text_mode": "sample", "batch_size": 16, "device": "auto",
-                 "dsl": True, "v2t_dsl": "transpose", "num_workers": 0, "image_size": None, "video_encoder": None}
+@dataclass
+class EvaluateOptions(StageOptions):
+    STAGE = "evaluate"
+    num_frames: int = option(12, "T uniform frames per clip (np.linspace over the decoded frames)", minimum=1)
+    max_text_len: int = option(50, "text tokens incl. start/end", minimum=8, maximum=77)
+    text_mode: str = option("sample", "sample: every caption is a query | join: paragraph sentences joined",
+                            choices=("sample", "join"))
+    batch_size: int = option(16, "clips (and texts) per encoding batch", minimum=1)
+    device: str = option("auto", "auto (cuda when available) | cpu | cuda | cuda:N")
+    dsl: bool = option(True, "also report dual-softmax (DSL) re-scored metrics")
+    order_acc: bool = option(True, "temporal-order accuracy: does each caption score its video above the same "
+                             "frames reversed (ties 1/2; order-blind = 50)? One more video pass")
+    v2t_dsl: str = option("transpose", "v2t DSL rule: transpose (softmax over videos) | clipvip (official)",
+                          choices=("transpose", "clipvip"))
+    num_workers: int | None = option(None, "frame-loading processes; None = CPUs of the job - 1 (max 8) on "
+                                     "GPU, 0 on CPU", minimum=0)
+    image_size: int | None = option(None, "crop size; None = the model's vision_config.image_size", minimum=16)
+    video_encoder: str | None = option(None, "override the model folder's encoder (e.g. meanpool turns a plain "
+                                       "CLIP into the CLIP4Clip-style zero-shot baseline)",
+                                       choices=VIDEO_ENCODERS.names)
+    max_missing_fraction: float | None = option(None, "share of the split's annotated clips that may lack frames; "
+                                                "above it the stage fails. None = 0 for test (the full "
+                                                "protocol), 0.05 for val/train", minimum=0.0, maximum=1.0)
 
-
-def resolve_device(name: str) -> str:
-    if name == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return name
-
-
-def _hide(progress: bool | None) -> bool | None:
-    """tqdm's ``disable``: None shows the bar only on a terminal."""
-    return None if progress is None else not progress
-
-
-def _collate(items: list[dict]) -> torch.Tensor:
-    return torch.stack([item["pixel_values"] for item in items])
-
-
-@torch.no_grad()
-def encode_videos(model, dataset, batch_size: int, device: str, num_workers: int = 0, progress=None) -> torch.Tensor:
-    """``[num_clips, P]`` float32 CPU features of every clip of an eval-mode ``FinetuneDataset``."""
-    from clipvip.data import normalize_pixels  # items carry uint8 pixels: normalised once, on the device
-
-    loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers,
-                                         collate_fn=_collate)
-    feats = [model.encode_video(normalize_pixels(px, device)).float().cpu()
-             for px in tqdm(loader, desc="eval videos", unit="batch", disable=_hide(progress))]
-    return torch.cat(feats)
-
-
-@torch.no_grad()
-def encode_texts(model, tokenizer, texts: list[str], max_text_len: int, batch_size: int, device: str,
-                 progress=None) -> torch.Tensor:
-    """``[num_texts, P]`` float32 CPU features, tokenised like training (``clipvip.data.tokenize``)."""
-    from clipvip.data import tokenize
-
-    feats = []
-    for start in tqdm(range(0, len(texts), batch_size), desc="eval texts", unit="batch",
-                      disable=_hide(progress)):
-        enc = tokenize(tokenizer, texts[start:start + batch_size], max_text_len)
-        feats.append(model.encode_text(enc["input_ids"].to(device), enc["attention_mask"].to(device)).float().cpu())
-    return torch.cat(feats)
+    def missing_limit(self, split: str) -> float:
+        if self.max_missing_fraction is not None:
+            return self.max_missing_fraction
+        return DEFAULT_MAX_MISSING.get(split, OTHER_SPLITS_MAX_MISSING)
 
 
-def evaluate_model(model, tokenizer, frame_index, annotations: list[dict], num_frames: int, max_text_len: int,
-                   batch_size: int = 16, device: str = "cpu", image_size: int | None = None, dsl: bool = True,
-                   v2t_dsl: str = "transpose", num_workers: int = 0, progress: bool | None = None) -> dict:
-    """Retrieval metrics of ``model`` on ``annotations`` (``[{"clip_id", "texts": [...]}]``).
+def __getattr__(name: str):
+    """``evaluate_model`` / ``encode_videos`` / ``encode_texts`` moved to ``clipvip.retrieval``; old imports still
+    work (lazily: importing this module for ``EvaluateOptions`` at Snakemake parse time must not import torch)."""
+    if name in ("evaluate_model", "encode_videos", "encode_texts"):
+        from clipvip import retrieval
 
-    Returns ``{"t2v", "v2t", ["t2v_dsl", "v2t_dsl"], "num_queries", "num_videos", "missing_clips"}``.
-    The model's train/eval mode is restored afterwards; it must already be on ``device``.
-    """
-    from clipvip.data import FinetuneDataset
+        return getattr(retrieval, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
-    device = resolve_device(device)
-    if image_size is None:
-        image_size = int(model.config.vision_config.image_size)
-    dataset = FinetuneDataset(frame_index, annotations, num_frames=num_frames, image_size=image_size, train=False)
-    texts, text_to_video = [], []
-    for column, record in enumerate(dataset.records):
-        texts += record["texts"]
-        text_to_video += [column] * len(record["texts"])
 
-    was_training = model.training
-    model.eval()
+def loader_workers(requested: int | None, device: str) -> int:
+    """Explicit value, or on GPU the job's CPUs minus the main process (capped at 8); 0 on CPU."""
+    if requested is not None:
+        return requested
+    return min(8, max(0, available_cpus() - 1)) if str(device).startswith("cuda") else 0
+
+
+def _failure_manifest(frame_index) -> str:
+    """Path of the frames failure manifest of a ``FrameIndex`` (or a shard's, for a single store)."""
+    from clipvip.data.manifest import default_failures_path
+
+    index = getattr(frame_index, "index", None)
+    if isinstance(index, dict) and index.get("failures"):
+        return str(Path(frame_index.path).parent / index["failures"])
+    return str(default_failures_path(frame_index.path))
+
+
+def check_missing(frame_index, annotations, annotations_path: str, split: str, limit: float) -> list[str]:
+    """Annotated clips without frames; ``UserError`` naming them and their manifest when above ``limit``."""
+    ids = [str(a["clip_id"]) for a in annotations]
+    missing = [c for c in ids if c not in frame_index]
+    if len(missing) <= limit * len(ids):
+        return missing
+    manifest = _failure_manifest(frame_index)
+    reasons = {}
     try:
-        videos = encode_videos(model, dataset, batch_size, device, num_workers, progress)
-        text_feats = encode_texts(model, tokenizer, texts, max_text_len, batch_size, device, progress)
-    finally:
-        model.train(was_training)
-    videos = torch.nn.functional.normalize(videos.double(), dim=-1).numpy()
-    text_feats = torch.nn.functional.normalize(text_feats.double(), dim=-1).numpy()
-    sim = text_feats @ videos.T
-    if dsl:
-        result = all_metrics(sim, text_to_video, v2t_dsl=v2t_dsl)
-    else:
-        result = {"t2v": t2v_metrics(sim, text_to_video), "v2t": v2t_metrics(sim, text_to_video)}
-    result.update(num_queries=len(texts), num_videos=int(sim.shape[1]), missing_clips=len(dataset.missing))
-    return result
-
-
-def write_json_atomic(path: str | os.PathLike, data: dict) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(data, indent=2) + "\n")
-    os.replace(tmp, path)
+        table = frame_index.failures()
+        reasons = dict(zip(table["clip_id"].astype(str), table["reason"].astype(str)))
+    except (OSError, KeyError, AttributeError, ValueError):
+        pass
+    first = ", ".join(f"{c} ({reasons.get(c, 'not in the frame store nor its manifest')})" for c in missing[:10])
+    more = f" and {len(missing) - 10} more" if len(missing) > 10 else ""
+    raise UserError(f"{len(missing)} of {len(ids)} {split} clips of {annotations_path} have no frames: {first}"
+                    f"{more}; their failures are recorded in {manifest}; max_missing_fraction={limit} for split "
+                    f"{split} (scores over fewer clips are not the protocol's): fix the videos and rerun frames, "
+                    f"or raise evaluate.options.max_missing_fraction to report incomplete numbers")
 
 
 def run(model_dir: str, frames_index: str, annotations: str, out: str, row: dict | None = None,
-        options: dict | None = None) -> dict:
-    """The ``clipvip evaluate`` stage as a function; returns what it writes to ``out``."""
-    from clipvip.data import load_tokenizer, read_annotations
-    from clipvip.frames import FrameIndex
-    from clipvip.model import VIDEO_FIELDS, CLIPViPModel
+        options: dict | None = None, split: str | None = None) -> dict:
+    """The ``clipvip evaluate`` stage as a function; returns what it writes to ``out``.
 
-    opts = {**EVAL_DEFAULTS, **(options or {})}
+    ``split`` (default: the row's ``split``, else ``test``) chooses the default ``max_missing_fraction``."""
+    from clipvip.data import FrameIndex, load_tokenizer, read_annotations
+    from clipvip.model import CLIPViPModel
+    from clipvip.retrieval import evaluate_model
+
+    opts = options if isinstance(options, EvaluateOptions) else EvaluateOptions.from_dict(options)
+    row = dict(row or {})
+    split = split or row.get("split") or "test"
     started = time.perf_counter()
-    overrides = {k: opts[k] for k in VIDEO_FIELDS if opts.get(k) is not None}
-    device = resolve_device(opts["device"])
+    for flag, path in (("--frames-index", frames_index), ("--annotations", annotations)):
+        if not Path(path).is_file():
+            raise UserError(f"{flag}: {path} does not exist")
+    try:
+        anns = read_annotations(annotations, opts.text_mode)
+    except ValueError as exc:
+        raise UserError(str(exc)) from None
+    index = FrameIndex(frames_index)
+    limit = opts.missing_limit(split)
+    check_missing(index, anns, annotations, split, limit)  # fails before any model is loaded
+    overrides = {"video_encoder": opts.video_encoder} if opts.video_encoder else {}
+    device = resolve_device(opts.device)
     model = CLIPViPModel.from_pretrained(model_dir, **overrides).to(device)
     result = evaluate_model(
-        model, load_tokenizer(model_dir), FrameIndex(frames_index), read_annotations(annotations, opts["text_mode"]),
-        num_frames=int(opts["num_frames"]), max_text_len=int(opts["max_text_len"]),
-        batch_size=int(opts["batch_size"]), device=device, image_size=opts["image_size"], dsl=bool(opts["dsl"]),
-        v2t_dsl=opts["v2t_dsl"], num_workers=int(opts["num_workers"]),
+        model, load_tokenizer(model_dir), index, anns,
+        num_frames=opts.num_frames, max_text_len=opts.max_text_len, batch_size=opts.batch_size, device=device,
+        image_size=opts.image_size, dsl=opts.dsl, v2t_dsl=opts.v2t_dsl, order_acc=opts.order_acc,
+        num_workers=loader_workers(opts.num_workers, device),
     )
-    row = dict(row or {})
-    data = {**row, "row_keys": list(row), **result, "model": str(model_dir), "options": opts,
+    data = {**row, "row_keys": list(row), **result, "complete": not result["missing_ids"],
+            "max_missing_fraction": limit, "model": str(model_dir), "options": opts.to_dict(),
             "seconds": round(time.perf_counter() - started, 3)}
     write_json_atomic(out, data)
     return data
 
 
+@stage_main("evaluate")
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="clipvip evaluate", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="clipvip evaluate", description=__doc__.splitlines()[0],
+                                     epilog="options:\n" + EvaluateOptions.help_text(),
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", required=True, help="model folder (ours or a plain HF CLIP) with its tokenizer")
     parser.add_argument("--frames-index", required=True, help="FrameIndex JSON of the dataset")
     parser.add_argument("--annotations", required=True, help="annotation JSONL of the split")
     parser.add_argument("--out", required=True, help="metrics JSON to write")
     parser.add_argument("--row", default=None, help="JSON object: table row identity (method, stage, dataset, ...)")
-    parser.add_argument("--options", default=None, help="JSON object of EVAL_DEFAULTS keys")
+    parser.add_argument("--split", default=None, choices=("train", "val", "test"),
+                        help="the annotations' split (default: the --row's split, else test): test allows no "
+                             "missing clip unless max_missing_fraction says otherwise")
+    parser.add_argument("--options", default=None, help="JSON object (or @file.json) of EvaluateOptions keys")
     args = parser.parse_args(argv)
-    data = run(args.model, args.frames_index, args.annotations, args.out, parse_options(args.row),
-               parse_options(args.options))
+    data = run(args.model, args.frames_index, args.annotations, args.out, parse_options(args.row, "--row"),
+               EvaluateOptions.from_dict(parse_options(args.options)), split=args.split)
+    if not data["complete"]:
+        print(f"clipvip evaluate: warning: INCOMPLETE: {data['missing_clips']} annotated clips have no frames "
+              f"(first: {', '.join(data['missing_ids'][:10])}); these numbers are not the full protocol "
+              f"(complete: false in {args.out})", file=sys.stderr)
     t2v = data["t2v"]
     print(f"evaluate: {data['num_queries']} queries x {data['num_videos']} videos "
           f"({data['missing_clips']} missing): t2v R@1 {t2v['R1']:.1f} R@5 {t2v['R5']:.1f} "
-          f"R@10 {t2v['R10']:.1f} MdR {t2v['MdR']:.1f} MnR {t2v['MnR']:.1f}; wrote {args.out}")
+          f"R@10 {t2v['R10']:.1f} MdR {t2v['MdR']:.1f} MnR {t2v['MnR']:.1f}"
+          + (f"; order_acc {data['order_acc']:.1f}" if "order_acc" in data else "") + f"; wrote {args.out}")
     return 0

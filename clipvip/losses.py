@@ -1,4 +1,4 @@
-"""CLIP-ViP's contrastive losses (omnisource cross-modal learning) and dual-softmax scoring.
+"""CLIP-ViP's contrastive losses (omnisource cross-modal learning).
 
 Features are L2-normalised local rows keyed by source: ``V`` (video), ``S`` (subtitle / fine-tuning caption;
 ``T`` is accepted as an alias), ``F`` (middle frame as a 1-frame video), ``C`` (image caption of F).
@@ -9,14 +9,14 @@ With s = exp(logit_scale) and CE = cross-entropy averaged over rows, every loss 
              + CE over [s·vᵢSᵢ, s·vᵢSⱼ (j≠i), s·vᵢCⱼ (j≠i)] target vᵢSᵢ  (video -> text, shared negatives)
              + CE over [s·vᵢCᵢ, s·vᵢSⱼ (j≠i), s·vᵢCⱼ (j≠i)] target vᵢCᵢ
 
-Registry ``LOSSES``: ``vs`` = L(V,S); ``vs_fc`` = L(V,S)+L(F,C); ``vs_vc`` = L(V,S)+L(V,C);
+Registry ``clipvip.registry.LOSSES``: ``vs`` = L(V,S); ``vs_fc`` = L(V,S)+L(F,C); ``vs_vc`` = L(V,S)+L(V,C);
 ``vs_vc_fc`` = all three; ``vsc_fc`` = L(V,S,C)+L(F,C) (the paper's best).
 
 Usage:
-    from clipvip.losses import LOSSES, dual_softmax
+    from clipvip.losses import LOSSES
     total, terms = LOSSES["vsc_fc"]({"V": v, "S": s, "F": f, "C": c}, model.logit_scale)
     total, terms = LOSSES["vs"]({"V": v, "S": caps}, model.logit_scale, groups={"S": caption_ids})
-    scores = dual_softmax(text_emb @ video_emb.T)        # evaluation only
+(dual softmax is an evaluation-time re-scoring: ``clipvip.metrics.dual_softmax``.)
 
 Distributed: when ``torch.distributed`` is initialised with world size > 1, each feature tensor is all-gathered
 (``gather_features``) and every rank computes the full-batch loss. The gather's backward sums, over ranks, the
@@ -37,6 +37,8 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor
+
+from clipvip.registry import LOSSES
 
 TEXT_ALIASES = {"T": "S"}  # fine-tuning may call the caption "T"; it plays the role of S
 _EXCLUDED = -1.0e4  # finite "minus infinity": exp underflows to 0 and 0·logp stays 0 in soft-target CE
@@ -169,18 +171,12 @@ def _resolve_aliases(mapping: dict) -> dict:
     return out
 
 
-LOSSES: dict[str, ContrastiveLoss] = {
-    name: ContrastiveLoss(name, terms)
-    for name, terms in {
-        "vs": [("V", "S")],
-        "vs_fc": [("V", "S"), ("F", "C")],
-        "vs_vc": [("V", "S"), ("V", "C")],
-        "vs_vc_fc": [("V", "S"), ("V", "C"), ("F", "C")],
-        "vsc_fc": [("V", "S", "C"), ("F", "C")],
-    }.items()
-}
-
-
-def dual_softmax(sim: Tensor, temperature: float = 100.0) -> Tensor:
-    """DSL re-scoring of a text×video similarity matrix: sim ⊙ softmax(temperature·sim) over texts (dim 0)."""
-    return sim * torch.softmax(temperature * sim, dim=0)
+for _name, _terms in {
+    "vs": [("V", "S")],
+    "vs_fc": [("V", "S"), ("F", "C")],
+    "vs_vc": [("V", "S"), ("V", "C")],
+    "vs_vc_fc": [("V", "S"), ("V", "C"), ("F", "C")],
+    "vsc_fc": [("V", "S", "C"), ("F", "C")],
+}.items():
+    LOSSES.register(_name, ContrastiveLoss(_name, _terms))
+import clipvip.videoclip_loss  # noqa: E402,F401

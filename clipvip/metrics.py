@@ -23,6 +23,9 @@ Definitions (each query has one or more ground-truth items):
       softmax over videos for each text), so each direction uses the prior over its own queries.
       CLIP-ViP's released evaluation instead reuses the t2v-DSL matrix transposed for v2t
       (``compute_metrics(sim_matrix.T)`` after the axis-0 softmax); ``v2t_dsl="clipvip"`` reproduces that.
+    * order accuracy (``order_accuracy``): for every text query, does its true video score higher than the
+      same video with its frames in reverse order? Percentage over queries, a tie (within 1e-6) counts one half, so an
+      encoder blind to frame order scores exactly 50.
 """
 from __future__ import annotations
 
@@ -37,14 +40,12 @@ DSL_TEMPERATURE = 100.0
 def dual_softmax(sim: np.ndarray, temperature: float = DSL_TEMPERATURE) -> np.ndarray:
     """``sim * softmax(temperature * sim, axis=0)`` for a query x item matrix (softmax over the queries).
 
-    The one definition lives in ``clipvip.losses.dual_softmax`` (torch); it runs here in float64 on CPU
-    (torch's softmax subtracts the maximum, so it is exact for any finite input). torch is imported lazily.
+    float64; the column maximum is subtracted before ``exp`` so it is exact for any finite input.
     """
-    import torch
-
-    from clipvip.losses import dual_softmax as dsl
-
-    return dsl(torch.from_numpy(np.asarray(sim, dtype=np.float64)), temperature).numpy()
+    sim = np.asarray(sim, dtype=np.float64)
+    logits = temperature * sim
+    weights = np.exp(logits - logits.max(axis=0, keepdims=True))
+    return sim * weights / weights.sum(axis=0, keepdims=True)
 
 
 def ranks_from_positives(scores: np.ndarray, positive: np.ndarray) -> np.ndarray:
@@ -133,3 +134,22 @@ def all_metrics(
         "t2v_dsl": t2v_metrics(t2v_dsl_scores, idx),
         "v2t_dsl": v2t_metrics(v2t_dsl_scores, idx),
     }
+
+
+def order_accuracy(true_scores: Sequence[float] | np.ndarray, reversed_scores: Sequence[float] | np.ndarray,
+                   tol: float = 1e-6) -> float:
+    """Percentage of queries whose true video outscores the same video played backwards (ties count 1/2).
+
+    ``true_scores[i]`` = similarity of query i with its ground-truth video, ``reversed_scores[i]`` = with that
+    video's frames reversed. Scores within ``tol`` tie: an order-blind encoder (MeanPool averages the same
+    frames in another order, which float32 sums only up to rounding) scores exactly 50.0.
+    """
+    true_scores = np.asarray(true_scores, dtype=np.float64)
+    reversed_scores = np.asarray(reversed_scores, dtype=np.float64)
+    if true_scores.shape != reversed_scores.shape or true_scores.ndim != 1:
+        raise ValueError(f"need two [Q] score arrays; got {true_scores.shape} and {reversed_scores.shape}")
+    if true_scores.size == 0:
+        raise ValueError("no queries to score")
+    tie = np.abs(true_scores - reversed_scores) <= tol
+    wins = ((true_scores > reversed_scores) & ~tie).astype(np.float64) + 0.5 * tie
+    return float(100.0 * wins.mean())

@@ -20,17 +20,29 @@ Outputs in ``--out-dir``:
     recall_at_k.png     text->video R@1/5/10 per dataset, one line per model variant
 Rows keep the order of first appearance in ``--metrics`` (the workflow lists zero-shot base CLIP, zero-shot
 post-pretrained, then fine-tuned variants).
+
+``order_acc`` (temporal-order accuracy of ``clipvip evaluate``: % of captions whose video outscores the same
+frames reversed; 50 = order-blind) is a column next to R@K in the summary and per-dataset Markdown tables
+(``order_acc`` in the summary: one ``<dataset> order_acc`` column per dataset), ``<dataset> order_acc`` in
+``retrieval.csv`` and ``order_acc`` in ``retrieval_long.csv`` ("-" / empty where an evaluation did not compute it).
+
+Every number says what it was computed on: the CSVs carry ``num_queries``, ``num_videos``, ``missing_clips`` and
+``complete`` (``retrieval.csv`` as ``<dataset> queries|videos|missing|complete`` columns), each per-dataset
+Markdown table has ``queries``, ``videos`` and ``missing`` columns, and a result that is not over the full
+protocol (``complete: false``: clips without frames were skipped because ``max_missing_fraction`` was raised)
+is marked ``*`` in every Markdown cell that shows it, with a footnote.
 """
 from __future__ import annotations
 
 import argparse
 import json
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
 
-from clipvip.cli import parse_options
+from clipvip.stage import StageOptions, option, parse_options, stage_main
 
 DIRECTIONS = ("t2v", "v2t", "t2v_dsl", "v2t_dsl")
 METRICS = ("R1", "R5", "R10", "MdR", "MnR")
@@ -41,12 +53,24 @@ DIRECTION_TITLES = {
     "t2v_dsl": "Text-to-video retrieval with DSL",
     "v2t_dsl": "Video-to-text retrieval with DSL",
 }
+ORDER_KEY = "order_acc"  # temporal-order accuracy (clipvip.metrics.order_accuracy), one number per evaluation
 # Keys of an evaluation JSON that are not part of the row identity.
 COLUMN_KEYS = ("dataset", "split")
 NON_ROW_KEYS = set(DIRECTIONS) | set(COLUMN_KEYS) | {"num_queries", "num_videos", "missing_clips", "model",
-                                                     "row_keys", "options", "seconds"}
+                                                     "row_keys", "options", "seconds", "missing_ids",
+                                                     "complete", "max_missing_fraction", ORDER_KEY}
+# Evaluation counts shown beside the metrics: JSON key -> column label.
+COUNTS = {"num_queries": "queries", "num_videos": "videos", "missing_clips": "missing", "complete": "complete"}
+INCOMPLETE = "*"
+INCOMPLETE_NOTE = (f"{INCOMPLETE} incomplete: some annotated clips of the split had no frames and were skipped "
+                   "(evaluate.options.max_missing_fraction was raised); not the full protocol, not comparable.\n")
 PREFERRED_ROW_KEYS = ("method", "stage", "encoder", "loss")
-DEFAULTS = {"decimals": 1}
+
+
+@dataclass
+class TablesOptions(StageOptions):
+    STAGE = "tables"
+    decimals: int = option(1, "digits after the decimal point in the Markdown tables", minimum=0, maximum=6)
 
 
 # ----------------------------------------------------------------------------------------------- tables
@@ -60,7 +84,12 @@ def load_metrics(paths: list[str | Path]) -> tuple[pd.DataFrame, list[str]]:
     for path in paths:
         with open(path) as fh:
             data = json.load(fh)
-        record = {k: v for k, v in data.items() if k not in DIRECTIONS and k not in ("row_keys", "options")}
+        record = {k: v for k, v in data.items()
+                  if k not in DIRECTIONS and k not in ("row_keys", "options", "missing_ids")}
+        if "complete" not in record:  # JSONs of older evaluations: complete iff nothing was missing
+            missing = record.get("missing_clips")
+            record["complete"] = None if missing is None else not missing
+        record.setdefault(ORDER_KEY, float("nan"))
         record.setdefault("dataset", Path(path).parent.name)
         record.setdefault("split", Path(path).stem)
         for direction in DIRECTIONS:
@@ -105,35 +134,113 @@ def wide_table(frame: pd.DataFrame, row_keys: list[str], directions=DIRECTIONS) 
     return wide.reindex(index=row_index, columns=col_index)
 
 
-def summary_markdown(wide: pd.DataFrame, direction: str, decimals: int) -> str:
-    """R@1 of one direction: variants x datasets (like the paper's cross-dataset summary)."""
+def counts_table(frame: pd.DataFrame, row_keys: list[str], index) -> pd.DataFrame:
+    """Rows like ``wide_table``'s; columns (dataset column, count label) for ``COUNTS``."""
+    frame = frame.assign(column=_column_labels(frame))
+    for key in COUNTS:
+        if key not in frame:
+            frame[key] = None
+    cells = {}
+    for _, rec in frame.iterrows():
+        row = tuple(rec[k] for k in row_keys) if len(row_keys) > 1 else rec[row_keys[0]]
+        for key, label in COUNTS.items():
+            value = rec[key]
+            cells.setdefault((rec["column"], label), {})[row] = None if pd.isna(value) else value
+    columns = [(ds, label) for ds in dict.fromkeys(frame["column"]) for label in COUNTS.values()]
+    table = pd.DataFrame({col: pd.Series(cells.get(col, {}), dtype=object) for col in columns}, dtype=object)
+    table = table.reindex(index=index)
+    table.columns = pd.MultiIndex.from_tuples(columns, names=["dataset", "count"])
+    return table
+
+
+def order_table(frame: pd.DataFrame, row_keys: list[str], index) -> pd.DataFrame:
+    """Rows like ``wide_table``'s; one column per dataset column: the evaluation's ``order_acc`` (NaN if none)."""
+    frame = frame.assign(column=_column_labels(frame))
+    cells = {}
+    for _, rec in frame.iterrows():
+        row = tuple(rec[k] for k in row_keys) if len(row_keys) > 1 else rec[row_keys[0]]
+        cells.setdefault(rec["column"], {})[row] = rec.get(ORDER_KEY, float("nan"))
+    columns = list(dict.fromkeys(frame["column"]))
+    table = pd.DataFrame({col: pd.Series(cells.get(col, {}), dtype=float) for col in columns})
+    return table.reindex(index=index)
+
+
+def _incomplete(counts: pd.DataFrame, dataset: str) -> pd.Series:
+    return counts[(dataset, "complete")].map(lambda v: v is False or v == False)  # noqa: E712 (numpy bools)
+
+
+def _fmt(value, decimals: int, mark: bool) -> str:
+    text = "-" if value is None or pd.isna(value) else f"{value:.{decimals}f}"
+    return f"{text} {INCOMPLETE}" if mark else text
+
+
+def _count(value) -> str:
+    return "-" if value is None or pd.isna(value) else str(int(value))
+
+
+def summary_markdown(wide: pd.DataFrame, direction: str, decimals: int, counts: pd.DataFrame | None = None,
+                     order: pd.DataFrame | None = None) -> str:
+    """R@1 of one direction: variants x datasets (like the paper's cross-dataset summary); with ``order``
+    (``order_table``) a ``<dataset> order_acc`` column after each dataset's R@1."""
     sub = wide.xs((direction, "R@1"), axis=1, level=("direction", "metric"))
+    if counts is not None or order is not None:
+        out = pd.DataFrame(index=sub.index)
+        for dataset in sub.columns:
+            marks = _incomplete(counts, dataset) if counts is not None else [False] * len(sub)
+            out[dataset] = [_fmt(v, decimals, m) for v, m in zip(sub[dataset], marks)]
+            if order is not None and dataset in order:
+                out[f"{dataset} {ORDER_KEY}"] = [_fmt(v, decimals, m) for v, m in zip(order[dataset], marks)]
+        return out.reset_index().to_markdown(index=False, disable_numparse=True)
     return sub.reset_index().to_markdown(index=False, floatfmt=f".{decimals}f")
 
 
-def dataset_markdown(wide: pd.DataFrame, dataset: str, directions: tuple[str, str], decimals: int) -> str:
-    """One dataset's table: variants x (direction metric) for the given directions (the paper's layout)."""
+def dataset_markdown(wide: pd.DataFrame, dataset: str, directions: tuple[str, str], decimals: int,
+                     counts: pd.DataFrame | None = None, order: pd.DataFrame | None = None) -> str:
+    """One dataset's table: variants x (direction metric) for the given directions (the paper's layout),
+    ``order_acc`` (with ``order``), then the queries / videos / missing counts; incomplete rows' metrics are
+    marked."""
     sub = wide[dataset][list(directions)]
     sub.columns = [f"{d} {metric}" for d, metric in sub.columns]
-    return sub.reset_index().to_markdown(index=False, floatfmt=f".{decimals}f")
+    if order is not None and dataset in order:
+        sub = sub.assign(**{ORDER_KEY: order[dataset].values})
+    if counts is None:
+        return sub.reset_index().to_markdown(index=False, floatfmt=f".{decimals}f")
+    marks = _incomplete(counts, dataset)
+    sub = sub.copy().astype(object)
+    for col in sub.columns:
+        sub[col] = [_fmt(v, decimals, m) for v, m in zip(sub[col], marks)]
+    for label in ("queries", "videos", "missing"):
+        sub[label] = [_count(v) for v in counts[(dataset, label)]]
+    return sub.reset_index().to_markdown(index=False, disable_numparse=True)
 
 
 def write_tables(frame: pd.DataFrame, row_keys: list[str], out_dir: Path, decimals: int) -> pd.DataFrame:
     wide = wide_table(frame, row_keys)
+    counts = counts_table(frame, row_keys, wide.index)
+    order = order_table(frame, row_keys, wide.index)
     flat = wide.copy()
     flat.columns = [f"{ds} {d} {m}" for ds, d, m in wide.columns]
+    for dataset in counts.columns.get_level_values("dataset").unique():
+        flat[f"{dataset} {ORDER_KEY}"] = order[dataset].values
+        for label in COUNTS.values():
+            flat[f"{dataset} {label}"] = counts[(dataset, label)].values
     flat.reset_index().to_csv(out_dir / "retrieval.csv", index=False)
     frame.to_csv(out_dir / "retrieval_long.csv", index=False)
     note = ("R@K in percent (higher is better); MdR/MnR are 1-based median/mean ranks (lower is better); "
-            "ties are ranked pessimistically. t2v = text-to-video, v2t = video-to-text.\n")
+            "ties are ranked pessimistically. t2v = text-to-video, v2t = video-to-text. order_acc: % of "
+            "captions whose video scores above the same frames reversed (ties count 1/2; 50 = order-blind).\n")
     for name, directions, title in (
         ("retrieval.md", ("t2v", "v2t"), "Retrieval results"),
         ("retrieval_dsl.md", ("t2v_dsl", "v2t_dsl"), "Retrieval results with dual-softmax inference (DSL)"),
     ):
-        parts = [f"# {title}\n", note, f"## Summary: R@1, {DIRECTION_TITLES[directions[0]]}\n",
-                 summary_markdown(wide, directions[0], decimals), ""]
+        any_incomplete = any(_incomplete(counts, ds).any() for ds in counts.columns.get_level_values("dataset"))
+        parts = [f"# {title}\n", note + (INCOMPLETE_NOTE if any_incomplete else ""),
+                 f"## Summary: R@1, {DIRECTION_TITLES[directions[0]]}\n",
+                 summary_markdown(wide, directions[0], decimals, counts, order), ""]
         for dataset in wide.columns.get_level_values("dataset").unique():
-            parts += [f"## {dataset}\n", dataset_markdown(wide, dataset, directions, decimals), ""]
+            parts += [f"## {dataset}\n", dataset_markdown(wide, dataset, directions, decimals, counts, order), ""]
+            if _incomplete(counts, dataset).any():
+                parts += [INCOMPLETE_NOTE]
         (out_dir / name).write_text("\n".join(parts))
     return wide
 
@@ -238,14 +345,14 @@ def plot_recall_at_k(frame: pd.DataFrame, row_keys: list[str], out_png: Path) ->
 # -------------------------------------------------------------------------------------------------- CLI
 def make_tables(metrics: list[str], train_logs: list[str], out_dir: str | Path, options: dict | None = None) -> dict:
     """Write every output file; returns ``{name: path}``."""
-    opts = {**DEFAULTS, **(options or {})}
+    opts = options if isinstance(options, TablesOptions) else TablesOptions.from_dict(options)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     frame, row_keys = load_metrics(metrics)
     if not row_keys:
         frame["model"] = frame.get("model", frame["source"]).astype(str)
         row_keys = ["model"]
-    write_tables(frame, row_keys, out_dir, int(opts["decimals"]))
+    write_tables(frame, row_keys, out_dir, opts.decimals)
     plot_loss_curves(list(train_logs), out_dir / "loss_curves.png")
     plot_recall_at_k(frame, row_keys, out_dir / "recall_at_k.png")
     names = ("retrieval.csv", "retrieval_long.csv", "retrieval.md", "retrieval_dsl.md", "loss_curves.png",
@@ -253,6 +360,7 @@ def make_tables(metrics: list[str], train_logs: list[str], out_dir: str | Path, 
     return {name: out_dir / name for name in names}
 
 
+@stage_main("tables")
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="clipvip tables", description=__doc__.splitlines()[0])
     parser.add_argument("--metrics", nargs="+", required=True, help="evaluation JSONs from `clipvip evaluate`")
@@ -260,7 +368,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out-dir", required=True)
     parser.add_argument("--options", default=None, help='JSON, e.g. {"decimals": 1}')
     args = parser.parse_args(argv)
-    outputs = make_tables(args.metrics, args.train_logs, args.out_dir, parse_options(args.options))
+    outputs = make_tables(args.metrics, args.train_logs, args.out_dir,
+                          TablesOptions.from_dict(parse_options(args.options)))
     for path in outputs.values():
         print(path)
     return 0

@@ -10,6 +10,13 @@ Writes ``OUT/clip`` (``clipvip.model.tiny.build_tiny_clip(OUT/clip, **options["c
 (randomly initialised, seeded; loads back with ``AutoModelForImageTextToText`` + ``AutoProcessor`` exactly
 like a hub name such as ``Salesforce/blip-image-captioning-base``) and, last, ``OUT/DONE.json``.
 
+With ``train`` steps > 0 (``TinyTrainOptions``; the demo's default) both are then *pre-trained* on a still-image
+corpus drawn by the demo's renderer (``clipvip.demo_data.render_still``: one shape, its colour, size and grid
+cell; captions like "a small red square in the top left"): the CLIP with the symmetric InfoNCE loss of CLIP's
+own training, the captioner with next-token cross-entropy on short descriptions ("a red square"). Plain,
+seeded PyTorch loops: they stand in for OpenAI's CLIP training and BLIP's captioning data. The CLIP then
+knows *what* is in a frame and nothing about motion; losses are in ``OUT/pretrain_log.json``.
+
 Both captioner kinds use the real CLIP BPE tokenizer (``clipvip.tokenizer.build_clip_tokenizer``), so no
 vocabulary download is needed; ``<|startoftext|>`` starts and ``<|endoftext|>`` ends (and pads) a caption.
 A random captioner writes gibberish, but deterministically (greedy/beam search, fixed seed).
@@ -18,13 +25,70 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
+from dataclasses import dataclass
 from pathlib import Path
 
-from clipvip.cli import parse_options
+from clipvip.registry import TINY_CAPTIONERS
+from clipvip.stage import StageOptions, option, parse_options, stage_main, write_json_atomic
 
-CAPTIONER_DEFAULTS = {"kind": "blip", "image_size": 32, "patch_size": 16, "hidden_size": 32, "layers": 1,
-                      "heads": 2, "max_position_embeddings": 64, "seed": 0}
+
+@dataclass
+class TinyClipOptions(StageOptions):
+    STAGE = "tiny-models"
+    image_size: int = option(64, "input resolution", minimum=16)
+    patch_size: int = option(16, "ViT patch size", minimum=2)
+    hidden_size: int = option(64, "vision width", minimum=8)
+    layers: int = option(2, "vision layers", minimum=1)
+    heads: int = option(2, "attention heads (vision and text)", minimum=1)
+    text_hidden: int = option(64, "text width", minimum=8)
+    text_layers: int = option(2, "text layers", minimum=1)
+    projection_dim: int = option(64, "joint embedding size", minimum=8)
+    max_position_embeddings: int = option(77, "text positions", minimum=8)
+    seed: int = option(0, "init seed")
+
+
+@dataclass
+class TinyCaptionerOptions(StageOptions):
+    STAGE = "tiny-models"
+    kind: str = option("blip", "captioner family (clipvip.registry.TINY_CAPTIONERS)", choices=TINY_CAPTIONERS.names)
+    image_size: int = option(32, "input resolution", minimum=16)
+    patch_size: int = option(16, "ViT patch size", minimum=2)
+    hidden_size: int = option(32, "width of vision and text", minimum=8)
+    layers: int = option(1, "layers of vision and text", minimum=1)
+    heads: int = option(2, "attention heads", minimum=1)
+    max_position_embeddings: int = option(64, "text positions", minimum=8)
+    seed: int = option(0, "init seed")
+
+
+@dataclass
+class TinyTrainOptions(StageOptions):
+    STAGE = "tiny-models"
+    clip_steps: int = option(0, "image-text contrastive steps of the tiny CLIP (0 = leave it random)", minimum=0)
+    clip_batch_size: int = option(128, "images per CLIP step", minimum=2)
+    clip_lr: float = option(2e-3, "AdamW peak lr of the CLIP (linear warm-up, cosine decay)", minimum=0.0)
+    captioner_steps: int = option(0, "captioning steps of the tiny captioner (0 = leave it random)", minimum=0)
+    captioner_batch_size: int = option(64, "images per captioner step", minimum=1)
+    captioner_lr: float = option(2e-3, "AdamW peak lr of the captioner", minimum=0.0)
+    warmup_ratio: float = option(0.1, "share of steps with linear lr warm-up", minimum=0.0, maximum=1.0)
+    weight_decay: float = option(0.05, "AdamW weight decay", minimum=0.0)
+    frame_size: int = option(64, "side of the rendered still images (the demo corpus' frame_size)", minimum=16)
+    max_text_len: int = option(32, "text tokens of the CLIP's captions", minimum=8, maximum=77)
+    threads: int | None = option(None, "torch CPU threads; None = torch's default", minimum=1)
+    seed: int = option(0, "image corpus and training seed")
+
+
+@dataclass
+class TinyModelsOptions(StageOptions):
+    STAGE = "tiny-models"
+    clip: dict = option({}, "TinyClipOptions of the tiny CLIP")
+    captioner: dict = option({}, "TinyCaptionerOptions of the tiny captioner")
+    train: dict = option({}, "TinyTrainOptions: image-text pre-training of both (default: none, random models)")
+
+    def check(self, where: str) -> None:
+        # Nested sections are checked (and filled) by their own options classes.
+        self.clip = TinyClipOptions.from_dict(self.clip, f"{where}.clip").to_dict()
+        self.captioner = TinyCaptionerOptions.from_dict(self.captioner, f"{where}.captioner").to_dict()
+        self.train = TinyTrainOptions.from_dict(self.train, f"{where}.train").to_dict()
 
 
 def _text_ids(tokenizer) -> dict:
@@ -63,21 +127,20 @@ def _git(o: dict, tokenizer):
 
 
 # kind -> builder(options, tokenizer) -> (model, processor)
-CAPTIONER_BUILDERS = {"blip": _blip, "git": _git}
+TINY_CAPTIONERS.register("blip", _blip)
+TINY_CAPTIONERS.register("git", _git)
 
 
 def build_tiny_captioner(out_dir, **options) -> Path:
-    """Save a seeded random tiny captioner (``kind``: one of ``CAPTIONER_BUILDERS``) and its processor."""
+    """Save a seeded random tiny captioner (``kind``: a ``TINY_CAPTIONERS`` name) and its processor."""
     import torch
 
     from clipvip.tokenizer import build_clip_tokenizer
 
-    o = {**CAPTIONER_DEFAULTS, **options}
-    if o["kind"] not in CAPTIONER_BUILDERS:
-        raise ValueError(f"captioner kind {o['kind']!r}; choose from {sorted(CAPTIONER_BUILDERS)}")
+    o = TinyCaptionerOptions.from_dict(options).to_dict()
     tokenizer = build_clip_tokenizer(model_max_length=o["max_position_embeddings"])
     torch.manual_seed(int(o["seed"]))
-    model, processor = CAPTIONER_BUILDERS[o["kind"]](o, tokenizer)
+    model, processor = TINY_CAPTIONERS.get(o["kind"])(o, tokenizer)
     model.generation_config.do_sample = False
     out = Path(out_dir)
     model.save_pretrained(out)
@@ -85,27 +148,168 @@ def build_tiny_captioner(out_dir, **options) -> Path:
     return out
 
 
+def _schedule(step: int, steps: int, warmup_ratio: float) -> float:
+    import math
+
+    warmup = max(1, int(round(warmup_ratio * steps)))
+    if step < warmup:
+        return (step + 1) / warmup
+    return 0.5 * (1.0 + math.cos(math.pi * (step - warmup) / max(1, steps - warmup)))
+
+
+def _optimizer(model, lr: float, weight_decay: float, steps: int, warmup_ratio: float):
+    import torch
+
+    decay = [p for n, p in model.named_parameters() if p.ndim >= 2 and "embedding" not in n]
+    rest = [p for n, p in model.named_parameters() if not (p.ndim >= 2 and "embedding" not in n)]
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": weight_decay}, {"params": rest, "weight_decay": 0.0}],
+                            lr=lr, betas=(0.9, 0.98))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: _schedule(step, steps, warmup_ratio))
+    return opt, sched
+
+
+def _still_batch(rng, count: int, frame_size: int):
+    """``(specs, uint8 images [count, size, size, 3])`` of a fresh random still-image batch."""
+    import numpy as np
+
+    from clipvip.demo_data import render_still, still_specs
+
+    specs = still_specs(rng, count)
+    return specs, np.stack([render_still(s, frame_size) for s in specs])
+
+
+def pretrain_tiny_clip(model_dir, options: dict | TinyTrainOptions) -> list[float]:
+    """Contrastive image-text training of the CLIP in ``model_dir`` on rendered stills; saved in place.
+
+    Symmetric InfoNCE over the batch (``CLIPModel``'s own loss, learnable temperature clamped to ln 100);
+    identical captions in a batch are positives of each other (soft targets), as in the video training.
+    Returns the loss every 10 steps."""
+    import numpy as np
+    import torch
+    import torch.nn.functional as F
+    from transformers import CLIPModel, CLIPTokenizerFast
+
+    from clipvip.data import normalize_pixels
+    from clipvip.demo_data import still_caption
+
+    o = TinyTrainOptions.from_dict(options) if not isinstance(options, TinyTrainOptions) else options
+    torch.manual_seed(o.seed)
+    rng = np.random.default_rng([o.seed, 7])
+    model = CLIPModel.from_pretrained(model_dir)
+    tokenizer = CLIPTokenizerFast.from_pretrained(model_dir)
+    opt, sched = _optimizer(model, o.clip_lr, o.weight_decay, o.clip_steps, o.warmup_ratio)
+    size = int(model.config.vision_config.image_size)
+    losses = []
+    model.train()
+    for step in range(o.clip_steps):
+        specs, images = _still_batch(rng, o.clip_batch_size, o.frame_size)
+        texts = [still_caption(s, rng) for s in specs]
+        pixels = normalize_pixels(torch.from_numpy(images).permute(0, 3, 1, 2).contiguous())
+        if pixels.shape[-1] != size:
+            pixels = F.interpolate(pixels, size=(size, size), mode="bicubic", align_corners=False)
+        enc = tokenizer(texts, padding=True, truncation=True, max_length=o.max_text_len, return_tensors="pt")
+        out = model(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"], pixel_values=pixels)
+        image, text = F.normalize(out.image_embeds, dim=-1), F.normalize(out.text_embeds, dim=-1)
+        logits = model.logit_scale.exp() * text @ image.T
+        keys = [(s["colour"], s["shape"], s["size"], s["row"], s["column"]) for s in specs]
+        same = torch.tensor([[a == b for b in keys] for a in keys], dtype=torch.float32)
+        targets = same / same.sum(1, keepdim=True)
+        loss = 0.5 * (F.cross_entropy(logits, targets) + F.cross_entropy(logits.T, targets))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        sched.step()
+        with torch.no_grad():
+            model.logit_scale.clamp_(0, np.log(100.0))
+        if step % 10 == 0 or step == o.clip_steps - 1:
+            losses.append(round(float(loss), 4))
+    model.save_pretrained(model_dir)
+    return losses
+
+
+def pretrain_tiny_captioner(model_dir, options: dict | TinyTrainOptions) -> list[float]:
+    """Next-token training of the captioner in ``model_dir`` on stills -> "a red square"; saved in place."""
+    import numpy as np
+    import torch
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    from clipvip.demo_data import still_short_caption
+
+    o = TinyTrainOptions.from_dict(options) if not isinstance(options, TinyTrainOptions) else options
+    torch.manual_seed(o.seed + 1)
+    rng = np.random.default_rng([o.seed, 8])
+    model = AutoModelForImageTextToText.from_pretrained(model_dir)
+    processor = AutoProcessor.from_pretrained(model_dir)
+    tokenizer = processor.tokenizer
+    opt, sched = _optimizer(model, o.captioner_lr, o.weight_decay, o.captioner_steps, o.warmup_ratio)
+    eos = tokenizer.eos_token_id
+    losses = []
+    model.train()
+    for step in range(o.captioner_steps):
+        specs, images = _still_batch(rng, o.captioner_batch_size, o.frame_size)
+        pixels = processor.image_processor(images=list(images), return_tensors="pt")["pixel_values"]
+        enc = tokenizer([still_short_caption(s) for s in specs], padding=True, return_tensors="pt")
+        ids, mask = enc["input_ids"], enc["attention_mask"]
+        if ids[0, 0] != tokenizer.bos_token_id:  # every caption starts with the start token
+            ids = torch.cat([torch.full_like(ids[:, :1], tokenizer.bos_token_id), ids], 1)
+            mask = torch.cat([torch.ones_like(mask[:, :1]), mask], 1)
+        labels = ids.masked_fill(mask == 0, -100)  # pad == eos: the one real end token keeps its label
+        loss = _captioner_loss(model, pixels, ids, mask, labels, eos)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        sched.step()
+        if step % 10 == 0 or step == o.captioner_steps - 1:
+            losses.append(round(float(loss), 4))
+    model.save_pretrained(model_dir)
+    return losses
+
+
+def _captioner_loss(model, pixels, ids, mask, labels, eos):
+    """Mean next-token cross-entropy of the captions (BLIP and GIT shift the labels themselves)."""
+    return model(pixel_values=pixels, input_ids=ids, attention_mask=mask, labels=labels).loss
+
+
 def build_tiny_models(out_dir, options: dict | None = None) -> dict:
-    """``OUT/clip``, ``OUT/captioner`` and ``OUT/DONE.json`` (written last, atomically)."""
+    """``OUT/clip``, ``OUT/captioner`` (pre-trained when ``train`` asks), ``OUT/DONE.json`` (last, atomic)."""
+    import time
+
     from clipvip.model.tiny import build_tiny_clip
 
-    options = options or {}
+    opts = options if isinstance(options, TinyModelsOptions) else TinyModelsOptions.from_dict(options)
+    train = TinyTrainOptions.from_dict(opts.train)
+    if train.threads:
+        import torch
+
+        torch.set_num_threads(train.threads)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    clip = build_tiny_clip(out / "clip", **options.get("clip", {}))
-    captioner = build_tiny_captioner(out / "captioner", **options.get("captioner", {}))
-    done = {"clip": str(clip), "captioner": str(captioner), "options": options}
-    tmp = out / f"DONE.json.tmp-{os.getpid()}"
-    tmp.write_text(json.dumps(done, indent=2) + "\n")
-    os.replace(tmp, out / "DONE.json")
+    (out / "DONE.json").unlink(missing_ok=True)
+    clip = build_tiny_clip(out / "clip", **opts.clip)
+    captioner = build_tiny_captioner(out / "captioner", **opts.captioner)
+    log = {}
+    started = time.perf_counter()
+    if train.clip_steps:
+        log["clip_loss"] = pretrain_tiny_clip(clip, train)
+        log["clip_seconds"] = round(time.perf_counter() - started, 1)
+    started = time.perf_counter()
+    if train.captioner_steps:
+        log["captioner_loss"] = pretrain_tiny_captioner(captioner, train)
+        log["captioner_seconds"] = round(time.perf_counter() - started, 1)
+    write_json_atomic(out / "pretrain_log.json", log)
+    done = {"clip": str(clip), "captioner": str(captioner), "options": opts.to_dict(), "pretrain": log}
+    write_json_atomic(out / "DONE.json", done)
     return done
 
 
+@stage_main("tiny-models")
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="clipvip tiny-models", description=__doc__.splitlines()[0])
     parser.add_argument("--out", required=True, help="folder for clip/, captioner/ and DONE.json")
     parser.add_argument("--options", default=None,
                         help='JSON: {"clip": {build_tiny_clip kwargs}, "captioner": {"kind": "blip"|"git", ...}}')
     args = parser.parse_args(argv)
-    print(json.dumps(build_tiny_models(args.out, parse_options(args.options)), indent=2))
+    print(json.dumps(build_tiny_models(args.out, TinyModelsOptions.from_dict(parse_options(args.options))), indent=2))
     return 0

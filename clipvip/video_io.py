@@ -166,7 +166,19 @@ class DecodedVideo:
     note: str                  # why the exact path ran ("" on the fast path)
 
 
-Picker = Callable[[int], Sequence[int]]
+Picker = Callable[[int], Sequence[int]]  # or Callable[[int, float], ...]: pick(N, fps) (fixed-rate pools)
+
+
+def _pick(pick: Picker, count: int, fps: float) -> Sequence[int]:
+    """``pick(N)``, or ``pick(N, fps)`` when the picker takes two positional arguments."""
+    import inspect
+
+    try:
+        params = [p for p in inspect.signature(pick).parameters.values()
+                  if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    except (TypeError, ValueError):
+        params = []
+    return pick(count, fps) if len(params) >= 2 else pick(count)
 
 
 def decode_frames(path: str | os.PathLike, pick: Picker, *, threads: int = 1) -> DecodedVideo:
@@ -189,7 +201,7 @@ def decode_frames(path: str | os.PathLike, pick: Picker, *, threads: int = 1) ->
                             note=f"decord reports {count} frames, the demuxer presents "
                                               f"{probe.presented_packets} ({probe.discarded_packets} discarded "
                                               "by an edit list)")
-    indices = _checked_indices(pick(count), count)
+    indices = _checked_indices(_pick(pick, count, float(reader.get_avg_fps()) or probe.fps), count)
     try:
         frames = reader.get_batch(indices).asnumpy()
     except Exception as exc:
@@ -243,12 +255,15 @@ def _count_decoded_frames(path) -> int:
     return count
 
 
-def _decode_pass(path, pick: Picker, assumed_count: int):
+def _decode_pass(path, pick: Picker, assumed_count: int, fps: float | None = None):
     """One decode pass keeping the frames ``pick(assumed_count)`` selects; returns the real frame count too."""
-    wanted = _checked_indices(pick(assumed_count), assumed_count) if assumed_count > 0 else []
+    container, stream = _open_video_stream(path)
+    if fps is None:
+        rate = stream.average_rate or stream.guessed_rate
+        fps = float(rate) if rate else 0.0
+    wanted = _checked_indices(_pick(pick, assumed_count, fps), assumed_count) if assumed_count > 0 else []
     wanted_set = set(wanted)
     kept: dict[int, np.ndarray] = {}
-    container, stream = _open_video_stream(path)
     count = 0
     with container:
         try:

@@ -106,8 +106,12 @@ def test_cli_ids_list_and_per_clip_errors(setup, tmp_path, monkeypatch):
 
     monkeypatch.setattr(FrameStore, "middle", middle)
     out, failures = tmp_path / "c.jsonl", tmp_path / "c.failures.tsv"
-    code = captions_main(["--frames", str(setup / "frames" / "00000.h5"), "--out", str(out), "--ids", str(ids),
-                          "--failures", str(failures), "--options", json.dumps(_options(setup))])
+    base = ["--frames", str(setup / "frames" / "00000.h5"), "--out", str(out), "--ids", str(ids),
+            "--failures", str(failures)]
+    # 2 of 7 clips fail here (a corrupt frame, an id in neither store nor manifest): over the default 10 %
+    assert captions_main([*base, "--options", json.dumps(_options(setup))]) == 1
+    assert not out.exists() and len(pd.read_csv(failures, sep="\t")) == 3
+    code = captions_main([*base, "--options", json.dumps(_options(setup, max_failure_fraction=0.5))])
     assert code == 0
     assert [line["clip_id"] for line in _read(out)] == ["msr_00005", "msr_00000", "msr_00001", "msr_00003",
                                                         "msr_00004"]

@@ -163,7 +163,7 @@ def test_normalize_pixels_refuses_double_normalisation():
 
 # ------------------------------------------------------------------------------------------ annotations
 def _write_lines(path, lines):
-    path.write_text("\n".join(l if isinstance(l, str) else json.dumps(l) for l in lines) + "\n")
+    path.write_text("\n".join(ln if isinstance(ln, str) else json.dumps(ln) for ln in lines) + "\n")
     return path
 
 
@@ -457,7 +457,8 @@ def test_pretrain_items_and_caption_fallback(store):
     anns = store["anns"][:3]
     captions = {"c40": "a caption of c40", "c33": "a caption of c33"}
     with pytest.warns(UserWarning, match="1 of 3 clips use the annotation field 'texts'"):
-        ds = PretrainDataset(store["index"], anns, captions, num_frames=6, image_size=SHORT, seed=0)
+        ds = PretrainDataset(store["index"], anns, captions, num_frames=6, image_size=SHORT, seed=0,
+                             caption_fallback="texts", max_missing_captions=0.5)
     assert ds.uncaptioned == ["c25"]
     for i, record in enumerate(ds.records):
         item = ds[i]
@@ -470,7 +471,7 @@ def test_pretrain_items_and_caption_fallback(store):
         assert item["text"] in record["texts"]
         assert item["caption"] == captions.get(clip_id) or (clip_id == "c25" and item["caption"] in record["texts"])
     with pytest.warns(UserWarning, match="because no captions were given"):
-        PretrainDataset(store["index"], anns, None, 6, SHORT)
+        PretrainDataset(store["index"], anns, None, 6, SHORT, caption_fallback="texts", max_missing_captions=1.0)
 
 
 @pytest.mark.parametrize("train", [False, True])
@@ -545,7 +546,8 @@ def test_training_batches_normalise_exactly_once(store, tokenizer, tiny_model, w
 
     anns = store["anns"][:3]
     with pytest.warns(UserWarning):
-        ds = PretrainDataset(store["index"], anns, None, num_frames=6, image_size=SHORT, seed=0)
+        ds = PretrainDataset(store["index"], anns, None, num_frames=6, image_size=SHORT, seed=0,
+                             caption_fallback="texts", max_missing_captions=1.0)
     loader = build_loader(ds, None, batch_size=3, num_workers=workers, collate_fn=TokenizingCollator(tokenizer, 16))
     (raw,) = list(loader)
     assert raw["pixel_values"].dtype == raw["frame_pixel_values"].dtype == torch.uint8

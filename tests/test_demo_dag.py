@@ -1,8 +1,10 @@
 """The whole demo DAG through Snakemake (fast settings), and rerun semantics a cluster user relies on."""
 from __future__ import annotations
 
+import base64
 import json
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -74,7 +76,8 @@ def test_changing_one_datasets_finetune_setting_reruns_only_its_chain(demo_run):
     proc = snakemake(["-n", "--configfile", str(changed)])
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     jobs = planned_jobs(proc.stdout)
-    assert jobs == {"finetune": 1, "evaluate": 1, "tables": 1, "all": 1}, jobs
+    # the dataset's retrieval gallery shows the fine-tuned model, so it follows (the domain gap does not)
+    assert jobs == {"finetune": 1, "evaluate": 1, "tables": 1, "gallery": 1, "all": 1}, jobs
     assert "ds=demo_didemo" in proc.stdout and "ds=demo_msrvtt" not in proc.stdout
 
     untouched = results / "runs/finetune/vip-vsc_fc/demo_msrvtt/metrics.jsonl"
@@ -87,3 +90,48 @@ def test_changing_one_datasets_finetune_setting_reruns_only_its_chain(demo_run):
     # and nothing is left to do
     proc = snakemake(["-n", "--configfile", str(changed)])
     assert "Nothing to be done" in proc.stdout + proc.stderr
+
+
+def _chromium() -> str | None:
+    return shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+def _embedded_files(report_html: str) -> dict[str, bytes]:
+    """Files embedded in a `snakemake --report` page (data URIs ``data:<mime>;charset=..;filename=<name>;base64,..``)."""
+    pattern = r"data:[\w/+.-]+;(?:charset=[^;]+;)?filename=([^;]+);base64,([A-Za-z0-9+/=]+)"
+    return {m.group(1): base64.b64decode(m.group(2)) for m in re.finditer(pattern, report_html)}
+
+
+def test_report_has_the_analyses_and_the_gallery_images_load(demo_run):
+    """`snakemake --report` holds the domain-gap table and plot and the galleries; headless Chromium renders the
+    report page (screenshot under results/) and each embedded gallery page with every image decoded."""
+    results, overlay = demo_run
+    chromium = _chromium()
+    if chromium is None:
+        pytest.skip("chromium is not installed (scripts/install_system.sh installs it)")
+    report = results / "report.html"
+    proc = snakemake(["--configfile", str(overlay), "--report", str(report)], timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    gap = pd.read_csv(results / "analysis/domain_gap.csv")
+    assert len(gap) == 5 and gap["nmi_mean"].between(0, 1).all()  # 2 x 2 downstream pairs + subtitles/captions
+    page = report.read_text()
+    for name in ("domain_gap.md", "domain_gap.png", "demo_msrvtt.html", "demo_didemo.html", "Analyses"):
+        assert name in page, f"{name} missing from the report"
+    browse = [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
+              "--virtual-time-budget=10000"]
+    shot = results / "report_screenshot.png"
+    subprocess.run([*browse, f"--screenshot={shot}", "--window-size=1400,1000", report.as_uri()],
+                   capture_output=True, timeout=120)
+    assert shot.exists() and shot.read_bytes()[:4] == b"\x89PNG"
+    galleries = {name: data for name, data in _embedded_files(page).items() if name.endswith(".html")}
+    assert set(galleries) == {"demo_msrvtt.html", "demo_didemo.html"}, sorted(galleries)
+    for name, data in galleries.items():
+        copy = results / "gallery_check" / name
+        copy.parent.mkdir(exist_ok=True)
+        copy.write_bytes(data)
+        dom = subprocess.run([*browse, "--dump-dom", copy.as_uri()], capture_output=True, text=True, timeout=120)
+        loaded = re.search(r'data-images-loaded="(\d+)/(\d+)"', dom.stdout)
+        assert loaded, f"{name}: the page's load check did not run: {dom.stdout[:300]}{dom.stderr[-300:]}"
+        ok, total = map(int, loaded.groups())
+        assert total > 0 and ok == total, f"{name}: {ok} of {total} images loaded"
+

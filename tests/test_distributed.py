@@ -1,4 +1,5 @@
-"""Launcher environments (``clipvip.distributed``), the DeepSpeed JSON (``clipvip.ds_config``) and trainer options.
+"""Launcher environments (``clipvip.distributed``), the training plan and DeepSpeed JSON (``clipvip.trainer.plan``)
+and trainer options.
 
 The srun mapping is exercised for real: two processes with the variables srun would give its tasks meet over
 gloo and all-reduce. No SLURM needed.
@@ -14,7 +15,9 @@ import textwrap
 import pytest
 
 from clipvip.distributed import expand_nodelist, init_distributed_env, slurm_port
-from clipvip.ds_config import batch_geometry, build_ds_config, manual_clip, merge, resolve_precision
+from clipvip.stage import OptionError, UserError
+from clipvip.trainer.plan import (batch_geometry, build_ds_config, loader_workers, make_plan, manual_clip, merge,
+                                  resolve_precision, task_cpus)
 from clipvip.trainer.options import TrainOptions
 
 DIST_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
@@ -63,7 +66,7 @@ def test_srun_environment_maps_to_torch_variables(clean_env):
 
 
 def test_srun_without_slurm_variables_explains(clean_env):
-    with pytest.raises(SystemExit, match="SLURM_PROCID"):
+    with pytest.raises(UserError, match="SLURM_PROCID"):
         init_distributed_env("srun")
 
 
@@ -73,7 +76,7 @@ def test_none_launcher_defaults_to_one_process(clean_env):
 
 
 def test_unknown_launcher(clean_env):
-    with pytest.raises(SystemExit, match="launcher must be one of"):
+    with pytest.raises(UserError, match="unknown launcher 'mpirun'"):
         init_distributed_env("mpirun")
 
 
@@ -107,17 +110,23 @@ def test_options_stage_defaults_and_unknown_keys():
     assert (ft.loss, ft.lr, ft.weight_decay, ft.grad_clip, ft.batch_size, ft.max_text_len) == ("vs", 1e-6, 0.2, 1.0, 128, 50)
     assert (pt.loss, pt.lr, pt.weight_decay, pt.grad_clip, pt.batch_size, pt.max_text_len) == ("vsc_fc", 5e-6, 0.05, 5.0, 1024, 70)
     assert TrainOptions.from_dict({"lr": 3e-4}, "finetune").lr == 3e-4
-    with pytest.raises(SystemExit, match="unknown key"):
+    with pytest.raises(OptionError, match=r"--options.learning_rate: unknown option of `clipvip train`; did you mean lr"):
         TrainOptions.from_dict({"learning_rate": 1e-3}, "finetune")
-    with pytest.raises(SystemExit, match="eval_every"):
+    with pytest.raises(OptionError, match="eval_every"):
         TrainOptions.from_dict({"eval_every": "daily"}, "finetune")
+    # YAML 1.1 reads 1e-4 as a string: a numeric string is the number, anything else is refused.
+    assert TrainOptions.from_dict({"lr": "1e-4"}, "finetune").lr == 1e-4
+    with pytest.raises(OptionError, match=r"--options.lr: 'fast' is not"):
+        TrainOptions.from_dict({"lr": "fast"}, "finetune")
+    with pytest.raises(OptionError, match=r"--options.zero_stage: 4 is greater than the maximum 3"):
+        TrainOptions.from_dict({"zero_stage": 4}, "finetune")
 
 
 def test_batch_geometry():
     assert batch_geometry(128, None, 2, 4) == (128, 16, 2)
-    with pytest.raises(ValueError, match="not divisible"):
+    with pytest.raises(OptionError, match="--options.batch_size: 10 is not divisible"):
         batch_geometry(10, None, 1, 4)
-    with pytest.raises(ValueError, match="micro_batch_per_gpu"):
+    with pytest.raises(OptionError, match="micro_batch_per_gpu"):
         batch_geometry(128, 8, 1, 4)
 
 
@@ -137,12 +146,40 @@ def test_ds_config_from_options_and_user_json_wins(tmp_path):
     assert sched["type"] == "WarmupCosineLR" and sched["params"]["warmup_num_steps"] == 20
     assert sched["params"]["total_num_steps"] == 200 and sched["params"]["warmup_min_ratio"] > 0
     assert "bf16" not in cfg and build_ds_config(opts, 2, 200, on_gpu=True)["bf16"] == {"enabled": True}
+    # ZeRO-2/3 overlap the gradient reduction with backward on GPU (NCCL side stream), not under gloo
+    assert cfg["zero_optimization"]["overlap_comm"] is False
+    assert build_ds_config(opts, 2, 200, on_gpu=True)["zero_optimization"]["overlap_comm"] is True
     assert merge({"a": {"b": 1, "c": 2}}, {"a": {"b": 3}}) == {"a": {"b": 3, "c": 2}}
+
+
+def test_loader_workers_follow_the_task_cpus(monkeypatch):
+    assert loader_workers(3, cpus=64) == 3 and loader_workers(0, cpus=64) == 0  # explicit wins
+    assert loader_workers(None, cpus=1) == 0 and loader_workers(None, cpus=4) == 3
+    assert loader_workers(None, cpus=64) == 8  # capped
+    monkeypatch.setattr("clipvip.trainer.plan.available_cpus", lambda: 32)
+    monkeypatch.delenv("SLURM_CPUS_PER_TASK", raising=False)
+    assert task_cpus() == 32 and loader_workers(None) == 8
+    monkeypatch.setenv("SLURM_CPUS_PER_TASK", "5")  # the job's share, even if the mask shows more
+    assert task_cpus() == 5 and loader_workers(None) == 4
+
+
+def test_training_plan_in_one_place():
+    opts = TrainOptions.from_dict({"batch_size": 8, "max_steps": None, "epochs": 2, "warmup_ratio": 0.25,
+                                   "num_workers": None}, "finetune")
+    cpu = make_plan(opts, world_size=2, dataset_len=20, device="cpu", cpus=3)
+    assert (cpu.micro, cpu.accum, cpu.steps_per_epoch, cpu.total_steps, cpu.warmup_steps) == (4, 1, 2, 4, 2)
+    assert (cpu.precision, cpu.workers, cpu.prefetch_factor, cpu.pin_memory, cpu.eval_workers) == ("fp32", 2, 2, False, 0)
+    assert cpu.derived()["num_workers"] == 2 and cpu.ds_config["scheduler"]["params"]["total_num_steps"] == 4
+    gpu = make_plan(opts, world_size=2, dataset_len=20, device="cuda:0", cpus=17)
+    assert (gpu.precision, gpu.workers, gpu.pin_memory, gpu.eval_workers, gpu.persistent_workers) == ("bf16", 8, True, 8, True)
+    assert gpu.ds_config["bf16"] == {"enabled": True} and gpu.ds_config["zero_optimization"]["overlap_comm"]
+    with pytest.raises(UserError, match="cannot fill one global batch"):
+        make_plan(opts, world_size=2, dataset_len=6, device="cpu")
 
 
 def test_precision_and_stage0_manual_clip():
     assert resolve_precision("auto", on_gpu=False) == "fp32" and resolve_precision("auto", on_gpu=True) == "bf16"
-    with pytest.raises(ValueError):
+    with pytest.raises(OptionError, match="precision"):
         resolve_precision("fp8", on_gpu=False)
     stage0 = {"zero_optimization": {"stage": 0}, "gradient_clipping": 1.0}
     assert manual_clip(stage0) == 1.0 and stage0["gradient_clipping"] == 0.0

@@ -7,10 +7,10 @@ import torch
 
 from clipvip.data import load_tokenizer, read_annotations, tokenize, video_transform
 from clipvip.demo_data import write_corpus
-from clipvip.evaluate import evaluate_model
+from clipvip.retrieval import evaluate_model
 from clipvip.evaluate import main as evaluate_main
 from clipvip.frames import FrameIndex, build_index, extract_shard
-from clipvip.metrics import all_metrics
+from clipvip.metrics import all_metrics, order_accuracy
 from clipvip.model import CLIPViPModel
 from clipvip.model.tiny import build_tiny_clip
 
@@ -49,8 +49,10 @@ def test_evaluate_model_matches_hand_encoding(setup):
     model.train()
     result = evaluate_model(model, tok, index, anns, num_frames=NUM_FRAMES, max_text_len=16, batch_size=4)
     assert model.training  # mode restored
-    assert set(result) == {"t2v", "v2t", "t2v_dsl", "v2t_dsl", "num_queries", "num_videos", "missing_clips"}
+    assert set(result) == {"t2v", "v2t", "t2v_dsl", "v2t_dsl", "num_queries", "num_videos", "missing_clips",
+                           "missing_ids"}  # order_acc only when asked (clipvip evaluate asks by default)
     assert (result["num_queries"], result["num_videos"], result["missing_clips"]) == (9, 6, 1)
+    assert result["missing_ids"] == ["msr_99999"]
     for key in ("t2v", "v2t", "t2v_dsl", "v2t_dsl"):
         assert set(result[key]) == {"R1", "R5", "R10", "MdR", "MnR"}
 
@@ -68,6 +70,32 @@ def test_evaluate_model_matches_hand_encoding(setup):
     assert result["t2v"]["R1"] == expected["t2v"]["R1"]
     for key in ("t2v", "v2t", "t2v_dsl", "v2t_dsl"):
         assert result[key] == pytest.approx(expected[key])
+
+    # order accuracy by hand: each text's score with its video against the same frames reversed
+    with torch.no_grad():
+        backwards = torch.cat([model.encode_video(video_transform(index.uniform(c, NUM_FRAMES), 32)[None].flip(1))
+                               for c in CLIPS])
+    videos_n = torch.nn.functional.normalize(videos.double(), dim=-1)
+    back_n = torch.nn.functional.normalize(backwards.double(), dim=-1)
+    feats_n = torch.nn.functional.normalize(feats.double(), dim=-1)
+    true = (feats_n * videos_n[owner]).sum(-1).numpy()
+    rev = (feats_n * back_n[owner]).sum(-1).numpy()
+    with_order = evaluate_model(model, tok, index, anns, num_frames=NUM_FRAMES, max_text_len=16, batch_size=4,
+                                order_acc=True)
+    assert with_order["order_acc"] == pytest.approx(order_accuracy(true, rev))
+    assert with_order["t2v"] == result["t2v"]
+    assert not np.allclose(true, rev)  # std-0.02 temporal embedding: ViP sees the order
+
+
+def test_order_blind_encoders_score_exactly_half(setup):
+    # MeanPool averages frames (order-blind); ViP with the paper's zero-init temporal embedding is order-blind
+    # too until trained: both must give exactly 50 (every pair of scores ties)
+    tok, index = load_tokenizer(setup / "clip"), FrameIndex(setup / "frames" / "index.json")
+    anns = read_annotations(setup / "multi.jsonl")
+    for overrides in ({"video_encoder": "meanpool"}, {"video_encoder": "vip"}):
+        result = evaluate_model(_model(setup, **overrides), tok, index, anns, num_frames=NUM_FRAMES,
+                                max_text_len=16, order_acc=True)
+        assert result["order_acc"] == 50.0, overrides
 
 
 def test_evaluate_join_mode_and_without_dsl(setup):
@@ -101,8 +129,10 @@ def test_cli_writes_row_and_metrics(setup, tmp_path):
     data = json.loads(out.read_text())
     assert {k: data[k] for k in row} == row and data["row_keys"] == list(row)
     assert data["num_videos"] == 6 and data["num_queries"] == 6 and data["missing_clips"] == 0
+    assert data["complete"] is True and data["missing_ids"] == [] and data["max_missing_fraction"] == 0.0
     assert data["model"] == str(setup / "clip") and data["options"]["video_encoder"] == "meanpool"
     assert 0.0 <= data["t2v"]["R1"] <= 100.0 and 1.0 <= data["v2t_dsl"]["MnR"] <= 6.0
+    assert data["options"]["order_acc"] is True and data["order_acc"] == 50.0  # on by default; MeanPool: blind
     assert [p.name for p in out.parent.iterdir()] == ["test.json"]  # no temp file left behind
     # a rerun without --row gives the same metrics (deterministic encoding)
     again = tmp_path / "again.json"
@@ -112,3 +142,23 @@ def test_cli_writes_row_and_metrics(setup, tmp_path):
                                                                  "video_encoder": "meanpool"})])
     again = json.loads(again.read_text())
     assert again["t2v"] == data["t2v"] and again["row_keys"] == [] and np.isfinite(again["t2v"]["MnR"])
+
+
+def test_cli_refuses_missing_test_clips_unless_allowed(setup, tmp_path, capsys):
+    """multi.jsonl's msr_99999 has no frames: any missing test clip fails; a raised limit marks the result."""
+    args = ["--model", str(setup / "clip"), "--frames-index", str(setup / "frames" / "index.json"),
+            "--annotations", str(setup / "multi.jsonl"), "--split", "test"]
+    options = {"num_frames": NUM_FRAMES, "max_text_len": 16}
+    out = tmp_path / "test.json"
+    assert evaluate_main([*args, "--out", str(out), "--options", json.dumps(options)]) == 2
+    err = capsys.readouterr().err
+    assert "1 of 7 test clips of" in err and "msr_99999 (missing)" in err and "failures.tsv" in err
+    assert not out.exists()
+    # val allows 5 % by default: 1 of 7 is more
+    assert evaluate_main([*args[:-1], "val", "--out", str(out), "--options", json.dumps(options)]) == 2
+    capsys.readouterr()
+    assert evaluate_main([*args, "--out", str(out),
+                          "--options", json.dumps({**options, "max_missing_fraction": 0.2})]) == 0
+    data = json.loads(out.read_text())
+    assert data["complete"] is False and data["missing_ids"] == ["msr_99999"] and data["num_videos"] == 6
+    assert "INCOMPLETE" in capsys.readouterr().err

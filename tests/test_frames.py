@@ -316,7 +316,7 @@ def test_split_ids_unions_sorts_dedups_and_removes_stale_lists(tmp_path):
 def test_split_ids_reports_bad_annotation_lines(tmp_path, capsys):
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"clip_id": "v1", "text": "x"}\n{"text": "no id"}\n')
-    assert split_ids_main(["--ids-from", str(bad), "--shard-size", "2", "--out-dir", str(tmp_path / "o")]) == 1
+    assert split_ids_main(["--ids-from", str(bad), "--shard-size", "2", "--out-dir", str(tmp_path / "o")]) == 2  # bad input: one line, exit 2
     assert f"{bad}:2" in capsys.readouterr().err
 
 

@@ -7,6 +7,7 @@ import pytest
 from clipvip.metrics import (
     all_metrics,
     dual_softmax,
+    order_accuracy,
     ranks_from_positives,
     retrieval_metrics,
     summarize_ranks,
@@ -117,3 +118,24 @@ def test_input_validation():
         retrieval_metrics(SIM3, [0, 1])
     with pytest.raises(ValueError):
         all_metrics(SIM3, [0, 1, 3])
+
+
+# ------------------------------------------------------------------------------------------ order accuracy
+def test_order_accuracy_perfect_reversed_and_ties():
+    true = np.array([0.9, 0.5, 0.1, -0.2])
+    assert order_accuracy(true, true - 0.1) == 100.0          # every caption prefers the real order
+    assert order_accuracy(true, true + 0.1) == 0.0            # every caption prefers the reversed frames
+    assert order_accuracy(true, true) == 50.0                 # an order-blind encoder: all ties, exactly 50
+    # mixed: win, loss, tie, tie -> (1 + 0 + 0.5 + 0.5) / 4
+    assert order_accuracy(true, [0.8, 0.6, 0.1, -0.2]) == 50.0
+    assert order_accuracy([0.3, 0.3, 0.3], [0.2, 0.3, 0.4]) == 50.0
+    assert order_accuracy([0.3, 0.3, 0.3], [0.2, 0.2, 0.3]) == pytest.approx(100 * 2.5 / 3)
+    # float rounding of an order-blind encoder (frames summed in another order) is a tie, not a win
+    assert order_accuracy([0.3 + 1e-8, 0.5], [0.3, 0.5 + 1e-8]) == 50.0
+
+
+def test_order_accuracy_rejects_bad_shapes():
+    with pytest.raises(ValueError):
+        order_accuracy([0.1, 0.2], [0.1])
+    with pytest.raises(ValueError):
+        order_accuracy([], [])

@@ -254,3 +254,47 @@ def test_pretrain_vsc_fc_uses_video_subtitle_frame_caption(data, tmp_path):
     config = json.loads((tmp_path / "out" / "config.json").read_text())
     assert config["options"]["loss"] == "vsc_fc" and config["options"]["lr"] == 1e-4
     assert (tmp_path / "out" / "model" / "model.safetensors").exists() and not (tmp_path / "out" / "selection.json").exists()
+
+
+PLUGIN = '''
+"""A user's own video encoder in one file: max-pool over the frames' CLIP image features."""
+import torch.nn.functional as F
+from torch import nn
+
+from clipvip.model.encoders import frame_features, register_video_encoder
+
+
+@register_video_encoder("toy", video_tokens=False)
+class ToyMaxPool(nn.Module):
+    def __init__(self, config):
+        super().__init__()
+
+    def forward(self, model, pixel_values):
+        frames = F.normalize(frame_features(model, pixel_values), dim=-1)
+        return F.normalize(frames.max(dim=1).values, dim=-1)
+'''
+
+
+def test_plugin_video_encoder_trains_through_the_cli(data, tmp_path):
+    """CLIPVIP_PLUGINS makes an encoder registered in the user's own module selectable by `clipvip train`."""
+    (tmp_path / "toy_plugin.py").write_text(PLUGIN)
+    env = dict(ENV, CLIPVIP_PLUGINS="toy_plugin",
+               PYTHONPATH=os.pathsep.join(filter(None, [str(tmp_path), ENV.get("PYTHONPATH")])))
+    opts = dict(BASE, video_encoder="toy", max_steps=2, nprocs=1, eval_every=100, num_workers=None)
+    run = tmp_path / "run"
+    proc = subprocess.run(train_cmd(data, run, opts, val=False), env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-5000:]
+    config = json.loads((run / "out" / "config.json").read_text())
+    assert config["options"]["video_encoder"] == "toy" and config["derived"]["video_encoder"] == "toy"
+    assert isinstance(config["derived"]["num_workers"], int)  # num_workers None -> resolved from the CPUs
+    assert [r["step"] for r in _lines(run / "out" / "metrics.jsonl")] == [1, 2]
+    exported = json.loads((run / "out" / "model" / "config.json").read_text())
+    assert exported.get("video_encoder") == "toy"
+
+
+def test_bad_input_in_the_ranks_is_one_line_and_exit_2(data, tmp_path):
+    """A UserError raised inside torchrun's ranks (a batch the data cannot fill) reaches the parent as exit 2."""
+    proc = train(data, tmp_path, dict(BASE, batch_size=64, max_steps=2), val=False, expect=2)
+    assert "clipvip train: error:" in proc.stderr and "cannot fill one global batch of 64" in proc.stderr
+    assert "Traceback" not in proc.stderr.split("clipvip train: error:")[-1]
+    assert json.loads((tmp_path / "ckpt" / "status.json").read_text())["status"] == "error"

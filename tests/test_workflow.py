@@ -35,7 +35,7 @@ def test_demo_config_is_valid_and_defaults_are_filled():
     "path, value, message",
     [
         (("datasets", "demo_msrvtt", "num_frames"), "eight", r"datasets\.demo_msrvtt\.num_frames: 'eight' is not of type 'integer'"),
-        (("frames", "jpeg_quality"), 10, r"frames\.jpeg_quality: 10 is less than the minimum of 50"),
+        (("frames", "jpeg_quality"), 10, r"frames\.jpeg_quality: 10 is less than the minimum 50"),
         (("ablation", "video_encoder"), ["vip", "lstm"], r"ablation\.video_encoder\.1: 'lstm' is not one of"),
         (("datasets", "demo_didemo", "text_mode"), "concat", r"datasets\.demo_didemo\.text_mode: 'concat' is not one of"),
         (("pretrain", "dataset"), "nope", r"pretrain\.dataset: 'nope' is not one of datasets"),
@@ -55,7 +55,12 @@ def test_schema_errors_name_the_key(path, value, message):
 def test_unknown_key_is_rejected():
     config = demo_config()
     config["frames"] = {"shardsize": 3}
-    with pytest.raises(ConfigError, match=r"frames: Additional properties are not allowed \('shardsize'"):
+    with pytest.raises(ConfigError, match=r"frames.shardsize: unknown option of `clipvip frames`; did you mean "
+                                          r"shard_size\?"):
+        validate_config(copy.deepcopy(config), SCHEMA)
+    config["frames"] = {}
+    config["ablation"] = {"los": ["vs"]}
+    with pytest.raises(ConfigError, match=r"ablation: Additional properties are not allowed \('los'"):
         validate_config(config, SCHEMA)
 
 
@@ -68,20 +73,20 @@ def test_overlay_values_win_over_demo_defaults():
     assert validated["finetune"]["datasets"] == ["demo_msrvtt", "demo_didemo"]
 
 
-def test_disabled_demo_leaves_nothing_of_the_demo_behind():
+def test_disabled_demo_leaves_nothing_of_the_demo_behind(tmp_path):
     """A real-data overlay starts from the paper's settings, not from the demo's tiny-model values."""
     config = demo_config()
     config["demo"]["enabled"] = False
     with pytest.raises(ConfigError, match=r"<top level>: 'datasets' is a required property"):
         validate_config(copy.deepcopy(config), SCHEMA)
-    config["datasets"] = {"msrvtt": {"video_dir": "/data/msrvtt", "annotations": {"train": "t.jsonl"}}}
+    config["datasets"] = {"msrvtt": {"video_dir": str(tmp_path), "annotations": {"train": "t.jsonl"}}}
     config["finetune"] = {"datasets": ["msrvtt"]}
     with pytest.raises(ConfigError, match=r"'base_model' is a required property"):
         validate_config(copy.deepcopy(config), SCHEMA)
     config["base_model"] = "openai/clip-vit-base-patch32"
     validated = validate_config(config, SCHEMA)
     assert list(validated["datasets"]) == ["msrvtt"]
-    assert validated["frames"]["short_side"] == 224 and validated["datasets"]["msrvtt"]["num_frames"] == 12
+    assert validated["frames"] == {"shard_size": 500} and validated["datasets"]["msrvtt"]["num_frames"] == 12
     assert validated["pretrain"]["enabled"] is False
     assert finetune_options(validated, "vip-vsc_fc", "msrvtt") == {
         "num_frames": 12, "max_text_len": 50, "text_mode": "sample", "loss": "vs", "video_encoder": "vip"}
@@ -116,8 +121,12 @@ def run_snakemake(*args: str, cwd: Path = REPO, timeout: int = 300) -> subproces
     return subprocess.run([SNAKEMAKE, *args], cwd=cwd, capture_output=True, text=True, timeout=timeout)
 
 
-def test_snakemake_lint_is_clean():
-    proc = run_snakemake("--lint")
+def test_make_lint_is_clean():
+    """`make lint` = ruff (pinned) over the package, tests, benchmarks and scripts + `snakemake --lint`."""
+    venv = Path(sys.executable).parent.parent
+    # -o: the venv is already set up (the test runs inside it); never reinstall from a test.
+    proc = subprocess.run(["make", "-o", f"{venv}/.clipvip-installed", f"VENV={venv}", "lint"], cwd=REPO,
+                          capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
 
@@ -134,7 +143,7 @@ def test_bad_config_stops_snakemake_before_any_job(tmp_path):
     bad.write_text("frames:\n  jpeg_quality: high\n")
     proc = run_snakemake("-n", "--configfile", str(bad))
     assert proc.returncode != 0
-    assert "config error at frames.jpeg_quality: 'high' is not of type 'integer'" in proc.stdout + proc.stderr
+    assert "config error at frames.jpeg_quality: 'high' is not of type int" in proc.stdout + proc.stderr
 
 
 def merge_overlay(base: dict, overlay: dict) -> dict:
@@ -147,8 +156,9 @@ def merge_overlay(base: dict, overlay: dict) -> dict:
     return base
 
 
+# video_dir must exist at parse time: the repository's own folder stands in for the data folders.
 PATHS = {"base_model": "openai/clip-vit-base-patch32", "datasets": {
-    name: {"video_dir": f"/data/{name}", "annotations": {"train": "train.jsonl", "val": "val.jsonl", "test": "t.jsonl"}}
+    name: {"video_dir": str(REPO), "annotations": {"train": "train.jsonl", "val": "val.jsonl", "test": "t.jsonl"}}
     for name in ["msrvtt", "didemo", "lsmdc", "activitynet", "hdvila"]}}
 
 
@@ -167,7 +177,10 @@ def test_presets_resolve_to_the_papers_settings_without_demo_values(dataset, fra
     assert (opts.num_frames, opts.max_text_len, opts.epochs) == (frames, text_len, epochs)
     # nothing of the demo leaks in: paper init of the temporal embedding, no step cap, no twin grouping
     assert (opts.temporal_init_std, opts.max_steps, opts.group_size, opts.temporal_lr_mult) == (0.0, None, 1, 1.0)
-    assert config["frames"]["short_side"] == 224
+    # frames keys absent from the config take FrameOptions' defaults (the one source), as the job does.
+    from clipvip.frames.extract import FrameOptions
+
+    assert FrameOptions.from_dict({k: v for k, v in config["frames"].items() if k != "shard_size"}).short_side == 224
 
 
 def test_pretraining_preset_combines_with_finetuning_presets():

@@ -1,10 +1,9 @@
-"""The training / evaluation input pipeline: annotations, frame sampling, transforms, tokenisation,
+"""The data library: frame stores, failure manifests, annotations, frame sampling, transforms, tokenisation,
 datasets over the HDF5 frame stores, a resumable distributed sampler and the DataLoader.
 
 Usage:
-    from clipvip.data import (read_annotations, FinetuneDataset, TokenizingCollator, load_tokenizer,
+    from clipvip.data import (FrameIndex, read_annotations, FinetuneDataset, TokenizingCollator, load_tokenizer,
                               ResumableDistributedSampler, build_loader, to_device)
-    from clipvip.frames import FrameIndex
 
     anns = read_annotations("msrvtt_train.jsonl", text_mode="sample")
     ds = FinetuneDataset(FrameIndex("results/frames/msrvtt/index.json"), anns, num_frames=12,
@@ -19,31 +18,31 @@ Usage:
             ...
             sampler.advance(len(batch["clip_id"]))
 
-Submodules: ``annotations`` (JSONL readers), ``sampling`` (frame indices), ``transforms`` (uint8 crop in
-workers, CLIP normalisation on the device), ``text`` (tokenizer + collate), ``datasets``, ``sampler``, ``loader``.
-``DATA_DEFAULTS`` are the defaults of the data keys a stage's options may carry.
+Submodules: ``frame_store`` (FrameStore / FrameIndex: reading the HDF5 shards), ``manifest`` (failure TSVs),
+``annotations`` (JSONL readers), ``sampling`` (frame indices), ``transforms`` (uint8 crop in workers, CLIP
+normalisation on the device), ``text`` (tokenizer + collate), ``datasets``, ``sampler``, ``loader``.
+Names are imported lazily, so ``from clipvip.data.manifest import ...`` (the frames stage) never imports torch.
 """
-from .annotations import read_annotations, read_captions
-from .datasets import FinetuneDataset, PretrainDataset
-from .loader import build_loader, to_device, worker_init_fn
-from .sampler import ResumableDistributedSampler
-from .sampling import jitter_indices, nearest_positions, uniform_indices
-from .text import TokenizingCollator, load_tokenizer, tokenize
-from .transforms import CLIP_MEAN, CLIP_STD, PIXEL_KEYS, crop_uint8, normalize_pixels, video_transform
+from __future__ import annotations
 
-# The paper's protocol (REFERENCE "Data protocol"); MSR-VTT text length 50, post-pretraining 70.
-DATA_DEFAULTS = {
-    "num_frames": 12,
-    "image_size": 224,
-    "max_text_len": 50,
-    "text_mode": "sample",
-    "num_workers": 2,
-    "caption_fallback": "texts",
+import importlib
+
+_EXPORTS = {
+    "FrameIndex": "frame_store", "FrameStore": "frame_store", "IncompleteStoreError": "frame_store",
+    "read_failures": "manifest", "write_failures": "manifest",
+    "read_annotations": "annotations", "read_captions": "annotations",
+    "FinetuneDataset": "datasets", "PretrainDataset": "datasets",
+    "build_loader": "loader", "to_device": "loader", "worker_init_fn": "loader",
+    "ResumableDistributedSampler": "sampler",
+    "jitter_indices": "sampling", "nearest_positions": "sampling", "uniform_indices": "sampling",
+    "TokenizingCollator": "text", "load_tokenizer": "text", "tokenize": "text",
+    "CLIP_MEAN": "transforms", "CLIP_STD": "transforms", "PIXEL_KEYS": "transforms", "crop_uint8": "transforms",
+    "normalize_pixels": "transforms", "video_transform": "transforms",
 }
+__all__ = sorted(_EXPORTS)
 
-__all__ = [
-    "CLIP_MEAN", "CLIP_STD", "DATA_DEFAULTS", "FinetuneDataset", "PIXEL_KEYS", "PretrainDataset",
-    "ResumableDistributedSampler", "TokenizingCollator", "build_loader", "crop_uint8", "jitter_indices",
-    "load_tokenizer", "nearest_positions", "normalize_pixels", "read_annotations", "read_captions", "to_device",
-    "tokenize", "uniform_indices", "video_transform", "worker_init_fn",
-]
+
+def __getattr__(name: str):
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'clipvip.data' has no attribute {name!r}")
+    return getattr(importlib.import_module(f"clipvip.data.{_EXPORTS[name]}"), name)

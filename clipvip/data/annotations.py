@@ -4,6 +4,12 @@ Usage:
     >>> anns = read_annotations("msrvtt_train.jsonl")                  # [{"clip_id": ..., "texts": [...]}, ...]
     >>> paras = read_annotations("didemo_test.jsonl", text_mode="join") # sentences joined into one text
     >>> caps = read_captions(["captions/00000.jsonl", "captions/00001.jsonl"])   # {clip_id: caption}
+    >>> big = read_annotations("results/corpus/hdvila/train.arrow")   # lazy AnnotationTable, same items
+    >>> caps = read_captions("results/captions/hdvila/captions.arrow")  # lazy CaptionTable (a Mapping)
+
+``.arrow`` paths (written by ``python -m clipvip.data.corpus``, see ``clipvip.data.corpus``) give memory-mapped,
+lazily decoded sequences/mappings with the same items, shared by every process through the page cache: the
+form for corpora of millions of clips.
 
 Annotation lines are ``{"clip_id": str, "text": str | [str, ...]}``. ``text_mode="sample"`` keeps every
 string as a separate text (the trainer samples one per step); ``"join"`` joins a list with single spaces
@@ -38,31 +44,50 @@ def _iter_json_lines(path: Path):
 
 
 def _clip_id(obj: dict, where: str) -> str:
+    """The line's ``clip_id`` as a string: a non-empty string (or an integer, read as its decimal string)
+    without surrounding whitespace, line breaks or control characters -- it names a file, an HDF5 dataset
+    and a line of a shard's id list, where such characters would silently lose or split the clip."""
     if "clip_id" not in obj:
         raise ValueError(f"{where}: missing key 'clip_id'")
     value = obj["clip_id"]
-    if isinstance(value, bool) or not isinstance(value, (str, int)) or str(value) == "":
-        raise ValueError(f"{where}: 'clip_id' must be a non-empty string, got {value!r}")
-    return str(value)
+    if isinstance(value, bool) or not isinstance(value, (str, int)):
+        raise ValueError(f"{where}: 'clip_id' must be a non-empty string, got {type(value).__name__} {value!r:.80}")
+    value = str(value)
+    if value == "":
+        raise ValueError(f"{where}: 'clip_id' must be a non-empty string, got ''")
+    if value != value.strip():
+        raise ValueError(f"{where}: 'clip_id' {value!r:.80} has leading or trailing whitespace")
+    if any(ch in value for ch in "\n\r\t\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029") or not value.isprintable():
+        raise ValueError(f"{where}: 'clip_id' {value!r:.80} contains a line break or control character")
+    return value
 
 
 def _texts(value, text_mode: str, where: str) -> list[str]:
     if isinstance(value, str):
         parts = [value]
-    elif isinstance(value, list) and all(isinstance(v, str) for v in value):
+    elif isinstance(value, list) and value and all(isinstance(v, str) for v in value):
         parts = list(value)
+    elif isinstance(value, list) and not value:
+        raise ValueError(f"{where}: empty text: 'text' is an empty list")
     else:
-        raise ValueError(f"{where}: 'text' must be a string or a list of strings, got {value!r:.80}")
+        bad = next((v for v in value if not isinstance(v, str)), value) if isinstance(value, list) else value
+        raise ValueError(f"{where}: 'text' must be a string or a list of strings, got {type(bad).__name__} "
+                         f"{bad!r:.80}")
     parts = [p.strip() for p in parts]
-    if not parts or any(not p for p in parts):
-        raise ValueError(f"{where}: empty text")
+    if any(not p for p in parts):
+        raise ValueError(f"{where}: empty text (a caption that is empty or only whitespace)")
     return [" ".join(parts)] if text_mode == "join" else parts
 
 
 def read_annotations(path: str | PathLike, text_mode: str = "sample") -> list[dict]:
-    """Parse an annotation JSONL into ``[{"clip_id": str, "texts": list[str], ...}]`` in file order."""
+    """Parse an annotation JSONL into ``[{"clip_id": str, "texts": list[str], ...}]`` in file order
+    (an ``.arrow`` annotation table: a lazy ``AnnotationTable`` sequence of the same dicts)."""
     if text_mode not in TEXT_MODES:
         raise ValueError(f"text_mode must be one of {TEXT_MODES}, got {text_mode!r}")
+    if str(path).endswith(".arrow"):
+        from clipvip.data.corpus import AnnotationTable
+
+        return AnnotationTable(path, text_mode=text_mode)
     path = Path(path)
     records: dict[str, dict] = {}
     for lineno, obj in _iter_json_lines(path):
@@ -82,12 +107,19 @@ def read_annotations(path: str | PathLike, text_mode: str = "sample") -> list[di
 
 
 def read_captions(paths: str | PathLike | list) -> dict[str, str]:
-    """Merge caption shards (``{"clip_id", "caption", "model"}`` per line) into ``{clip_id: caption}``.
+    """Merge caption shards (``{"clip_id", "caption", "model"}`` per line) into ``{clip_id: caption}``
+    (one ``.arrow`` caption table: a lazy ``CaptionTable`` mapping).
 
     A clip captioned in two shards is a pipeline error (raises); empty captions are dropped with a warning
     so the dataset treats those clips as uncaptioned.
     """
     paths = [paths] if isinstance(paths, (str, PathLike)) else list(paths)
+    if any(str(p).endswith(".arrow") for p in paths):
+        if len(paths) != 1:
+            raise ValueError(f"read_captions: one caption table (.arrow) at a time, got {len(paths)} paths")
+        from clipvip.data.corpus import CaptionTable
+
+        return CaptionTable(paths[0])
     captions: dict[str, str] = {}
     origin: dict[str, str] = {}
     empty = 0

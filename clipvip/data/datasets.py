@@ -27,6 +27,7 @@ from __future__ import annotations
 import logging
 import multiprocessing
 import warnings
+from collections.abc import Sequence
 
 import numpy as np
 from torch.utils.data import Dataset
@@ -48,14 +49,62 @@ def _failure_reasons(frame_index, clip_ids: list[str]) -> dict[str, str]:
             if clip in reasons:
                 reasons[clip] = reason
     return reasons
-    table = failures()
-    if table is not None and len(table) and "clip_id" in table.columns:
-        column = next((c for c in ("reason", "error", "detail") if c in table.columns), None)
-        for row in table.itertuples(index=False):
-            clip = str(getattr(row, "clip_id"))
-            if clip in reasons and column:
-                reasons[clip] = str(getattr(row, column))
-    return reasons
+
+
+def _joined_shards(frame_index, annotations):
+    """The annotation table's ``shard`` column when it was joined with exactly this frame index, else None."""
+    uuid = getattr(annotations, "index_uuid", "")
+    if uuid and uuid == getattr(frame_index, "uuid", None):
+        return annotations.shards()
+    return None
+
+
+def _py_strings(values, chunk: int = 65_536):
+    """Iterate Python strings of a list or an Arrow array (decoded a chunk at a time)."""
+    if hasattr(values, "slice") and hasattr(values, "to_pylist"):
+        for start in range(0, len(values), chunk):
+            yield from values.slice(start, chunk).to_pylist()
+    else:
+        yield from values
+
+
+def _clip_id_at(annotations, i: int) -> str:
+    return annotations.clip_id(i) if hasattr(annotations, "clip_id") else annotations[i]["clip_id"]
+
+
+class _Without(Sequence):
+    """A lazy sequence minus some rows (sorted ``missing_rows``): memory O(missing), not O(rows)."""
+
+    def __init__(self, base, missing_rows: np.ndarray):
+        self.base = base
+        self.missing_rows = np.asarray(missing_rows, dtype=np.int64)
+        # kept rows before the k-th missing row: item i is row i + #{k : _before[k] <= i}
+        self._before = self.missing_rows - np.arange(len(self.missing_rows))
+
+    def __len__(self) -> int:
+        return len(self.base) - len(self.missing_rows)
+
+    def row(self, index: int) -> int:
+        if not 0 <= index < len(self):
+            raise IndexError(f"item {index} out of range for {len(self)}")
+        return int(index + np.searchsorted(self._before, index, side="right"))
+
+    def __getitem__(self, index):
+        if isinstance(index, slice):
+            return [self[i] for i in range(*index.indices(len(self)))]
+        return self.base[self.row(index + len(self) if index < 0 else index)]
+
+    def __iter__(self):
+        for i in range(len(self)):
+            yield self[i]
+
+    def clip_ids(self):
+        ids = self.base.clip_ids() if hasattr(self.base, "clip_ids") else [r["clip_id"] for r in self.base]
+        if not len(self.missing_rows):
+            return ids
+        keep = np.ones(len(self.base), dtype=bool)
+        keep[self.missing_rows] = False
+        return ids.filter(keep) if hasattr(ids, "filter") else [c for c, k in zip(ids, keep) if k]
 
 
 class _StoreDataset(Dataset):
@@ -66,18 +115,41 @@ class _StoreDataset(Dataset):
         self.num_frames = int(num_frames)
         self.image_size = int(image_size)
         self.seed = int(seed)
-        available = set(frame_index.ids())
-        self.records = [a for a in annotations if a["clip_id"] in available]
-        self.missing = [a["clip_id"] for a in annotations if a["clip_id"] not in available]
+        self._joined = _joined_shards(frame_index, annotations)
+        if isinstance(annotations, list):
+            available = set(frame_index.ids())
+            self.records = [a for a in annotations if a["clip_id"] in available]
+            self.missing = [a["clip_id"] for a in annotations if a["clip_id"] not in available]
+        else:
+            # A lazy table (clipvip.data.corpus.AnnotationTable): keep it, skip the rows the store lacks.
+            if self._joined is not None:
+                missing_rows = np.flatnonzero(self._joined < 0)
+            else:
+                ids = annotations.clip_ids() if hasattr(annotations, "clip_ids") else [a["clip_id"] for a in annotations]
+                missing_rows = np.fromiter((i for i, c in enumerate(_py_strings(ids)) if c not in frame_index),
+                                           dtype=np.int64)
+            self.records = _Without(annotations, missing_rows)
+            self.missing = [_clip_id_at(annotations, int(i)) for i in missing_rows]
         self.missing_reasons = _failure_reasons(frame_index, self.missing)
         if self.missing:
             log.warning(
                 "%s: %d of %d annotated clips are missing from the frame store and are excluded (first: %s)",
                 type(self).__name__, len(self.missing), len(annotations), ", ".join(self.missing[:5]),
             )
-        if not self.records:
+        if not len(self.records):
             raise ValueError(f"{type(self).__name__}: none of the {len(annotations)} annotated clips is in the store")
         self._epoch = multiprocessing.RawValue("q", 0)
+
+    def item_shards(self) -> np.ndarray:
+        """int32 frame-store shard of every item (for ``ResumableDistributedSampler(shuffle_mode="shard")``):
+        from the annotation table's joined ``shard`` column when it has one, else one lookup per item."""
+        if self._joined is not None:
+            return np.delete(self._joined, self.records.missing_rows).astype(np.int32)
+        shard_of = getattr(self.frames, "shard_of", None)
+        if shard_of is None:  # a single FrameStore: one shard
+            return np.zeros(len(self.records), dtype=np.int32)
+        ids = self.records.clip_ids() if hasattr(self.records, "clip_ids") else [r["clip_id"] for r in self.records]
+        return np.fromiter((shard_of(c) for c in _py_strings(ids)), dtype=np.int32, count=len(self.records))
 
     def __len__(self) -> int:
         return len(self.records)
@@ -148,33 +220,77 @@ class PretrainDataset(_StoreDataset):
     """Post-pretraining quadruples: V (jittered video), S (a subtitle), F (middle frame as a 1-frame video),
     C (the auxiliary caption of F).
 
-    ``captions``: ``{clip_id: caption}`` from ``read_captions``. Clips without one (or every clip when
-    ``captions`` is None) take C from the annotation field ``caption_fallback`` instead -- by default
-    ``"texts"``, the subtitles themselves -- with a warning; they are listed in ``self.uncaptioned``.
+    ``captions``: ``{clip_id: caption}`` from ``read_captions`` (or a lazy ``CaptionTable``); ``captions_source``
+    names where they came from, for messages (default: the table's path). Missing captions are never silent:
+    when more than ``max_missing_captions`` (a share of the clips, default 0.01 = TrainOptions'
+    ``max_missing_captions``) lack a caption -- every clip when ``captions`` is None -- construction raises
+    ``UserError`` naming how many and the source, because the caption loss terms would be trained on
+    something else than the config asked for. The few clips within the tolerance take C from their subtitle
+    (``texts``) with a warning; they are listed in ``self.uncaptioned``.
+
+    ``caption_fallback`` (None by default) is the explicit opt-in to the old behaviour: e.g. ``"texts"``
+    makes every uncaptioned clip take C from that annotation field, whatever their share, with a warning.
+    ``needs_captions=False`` (a loss without a C term) skips the check: C is then the subtitle, unused.
     """
 
     def __init__(self, frame_index, annotations, captions: dict | None, num_frames: int, image_size: int,
-                 seed: int = 0, caption_fallback: str = "texts"):
+                 seed: int = 0, caption_fallback: str | None = None, max_missing_captions: float = 0.01,
+                 captions_source: str | None = None, needs_captions: bool = True):
         super().__init__(frame_index, annotations, num_frames, image_size, seed)
-        self.captions = dict(captions or {})
+        # A lazy caption table (read_captions on an .arrow file) is kept as is: no dict of every caption.
+        self.captions = dict(captions or {}) if captions is None or isinstance(captions, dict) else captions
         self.caption_fallback = caption_fallback
-        self.uncaptioned = [r["clip_id"] for r in self.records if r["clip_id"] not in self.captions]
-        if self.uncaptioned:
-            absent = [c for c, r in zip(self.uncaptioned, self._uncaptioned_records()) if not r.get(caption_fallback)]
-            if absent:
-                raise ValueError(f"PretrainDataset: no caption and no {caption_fallback!r} field for "
-                                 f"{len(absent)} clips (first: {absent[0]})")
-            why = "no captions were given" if captions is None else "they have no caption"
-            warnings.warn(f"PretrainDataset: {len(self.uncaptioned)} of {len(self.records)} clips use the "
-                          f"annotation field {caption_fallback!r} as their caption C because {why}", stacklevel=2)
+        self._fallback_field = caption_fallback or "texts"
+        self._uncaptioned_items = self._find_uncaptioned()
+        self.uncaptioned = [self.records[int(i)]["clip_id"] for i in self._uncaptioned_items]
+        if not self.uncaptioned or not needs_captions:
+            return
+        source = captions_source or (str(getattr(captions, "path", "")) or None)
+        where = "no captions were given" if captions is None else f"captions from {source or 'the given mapping'}"
+        share = len(self.uncaptioned) / len(self.records)
+        if caption_fallback is None and share > max_missing_captions:
+            from clipvip.stage import UserError
+
+            raise UserError(
+                f"PretrainDataset: {len(self.uncaptioned)} of {len(self.records)} clips have no caption ({where}; "
+                f"first: {', '.join(self.uncaptioned[:5])}), more than max_missing_captions={max_missing_captions}"
+                f": the caption loss terms need them. Rerun the captions stage (its failures are in "
+                f"R/captions/<ds>/*.failures.tsv), raise max_missing_captions, or opt in to "
+                f"caption_fallback='texts' (subtitles as captions)")
+        absent = [c for c, r in zip(self.uncaptioned, self._uncaptioned_records()) if not r.get(self._fallback_field)]
+        if absent:
+            raise ValueError(f"PretrainDataset: no caption and no {self._fallback_field!r} field for "
+                             f"{len(absent)} clips (first: {absent[0]})")
+        because = "no captions were given" if captions is None else f"they have no caption in {source or 'the given mapping'}"
+        allowed = "caption_fallback is set" if caption_fallback else f"within max_missing_captions={max_missing_captions}"
+        warnings.warn(f"PretrainDataset: {len(self.uncaptioned)} of {len(self.records)} clips use the annotation "
+                      f"field {self._fallback_field!r} as their caption C because {because} ({allowed})", stacklevel=2)
+
+    def _find_uncaptioned(self) -> np.ndarray:
+        """Items without a caption; vectorised in Arrow when both sides are tables (no per-item Python)."""
+        caption_ids = getattr(self.captions, "_ids", None)
+        if caption_ids is not None and hasattr(self.records, "clip_ids"):
+            import pyarrow.compute as pc
+
+            import pyarrow as pa
+
+            has = pc.is_in(self.records.clip_ids(), value_set=caption_ids).to_numpy(zero_copy_only=False)
+            pa.default_memory_pool().release_unused()  # the lookup's hash table (~64 B/caption) back to the OS
+            return np.flatnonzero(~has)
+        if isinstance(self.records, list):
+            return np.asarray([i for i, r in enumerate(self.records) if r["clip_id"] not in self.captions],
+                              dtype=np.int64)
+        ids = self.records.clip_ids()
+        return np.fromiter((i for i, c in enumerate(_py_strings(ids)) if c not in self.captions), dtype=np.int64)
 
     def _uncaptioned_records(self) -> list[dict]:
-        return [r for r in self.records if r["clip_id"] not in self.captions]
+        return [self.records[int(i)] for i in self._uncaptioned_items]
 
     def _caption(self, record: dict, rng: np.random.Generator) -> str:
-        if record["clip_id"] in self.captions:
-            return self.captions[record["clip_id"]]
-        value = record[self.caption_fallback]
+        caption = self.captions.get(record["clip_id"])
+        if caption is not None:
+            return caption
+        value = record[self._fallback_field]
         return value if isinstance(value, str) else value[int(rng.integers(len(value)))]
 
     def __getitem__(self, index: int) -> dict:

@@ -6,13 +6,16 @@ Usage:
     >>> for batch in loader:
     ...     batch = to_device(batch, device)   # uint8 pixels -> normalised float32 on the device, once
 
-Workers are forked (Linux) and persistent, so the per-epoch fork cost is paid once; that is safe because
+Workers are forked (Linux) and persistent (when there are any), so the per-epoch fork cost is paid once; that is safe because
 frame stores open their HDF5 files lazily and reopen after a pid change, and because the datasets keep
 their epoch in shared memory. Each worker runs single-threaded torch (two cores are shared with the main
 process) and seeds numpy's global RNG per worker -- our datasets do not use it, third-party code might.
 
 Batches carry uint8 pixels (``PIXEL_KEYS``); ``to_device`` is where they meet the model: the one place the
-trainer moves a batch to its device and CLIP-normalises the pixels (``normalize_pixels``).
+trainer moves a batch to its device and CLIP-normalises the pixels (``normalize_pixels``). On CUDA the loader
+pins its batches (``pin_memory``) and ``to_device`` copies with ``non_blocking=True``, so the host-to-device
+copy overlaps the previous step's kernels; on CPU both are plain (a "copy" to the same device is a no-op).
+Worker count, ``prefetch_factor`` and pinning are decided by the trainer's plan (``clipvip.trainer.plan``).
 """
 from __future__ import annotations
 
@@ -38,11 +41,17 @@ def worker_init_fn(worker_id: int) -> None:
 
 
 def build_loader(dataset, sampler, batch_size: int, num_workers: int, collate_fn,
-                 drop_last: bool = False, prefetch_factor: int = 2, pin_memory: bool = False) -> DataLoader:
-    """A DataLoader over ``dataset`` in ``sampler`` order (``sampler`` may be None: dataset order)."""
+                 drop_last: bool = False, prefetch_factor: int | None = 2, pin_memory: bool = False,
+                 persistent_workers: bool | None = None) -> DataLoader:
+    """A DataLoader over ``dataset`` in ``sampler`` order (``sampler`` may be None: dataset order).
+
+    ``persistent_workers`` None = whenever there are workers (torch refuses it with 0 workers).
+    """
     kwargs = {}
     if num_workers > 0:
-        kwargs = dict(persistent_workers=True, worker_init_fn=worker_init_fn, prefetch_factor=prefetch_factor)
+        persistent = True if persistent_workers is None else bool(persistent_workers)
+        kwargs = dict(persistent_workers=persistent, worker_init_fn=worker_init_fn,
+                      prefetch_factor=prefetch_factor or 2)
         if sys.platform.startswith("linux"):
             kwargs["multiprocessing_context"] = multiprocessing.get_context("fork")
     return DataLoader(
@@ -61,12 +70,16 @@ def build_loader(dataset, sampler, batch_size: int, num_workers: int, collate_fn
 def to_device(batch: dict, device, dtype: torch.dtype | None = None) -> dict:
     """A collated batch on ``device``: ``PIXEL_KEYS`` (uint8) normalised there (then cast to ``dtype``), other
     tensors moved (floating ones cast to ``dtype``), everything else (strings) kept."""
+    device = torch.device(device)
     out = {}
     for key, value in batch.items():
         if key in PIXEL_KEYS and isinstance(value, torch.Tensor):
+            if device.type == "cuda":  # the uint8 copy (4x smaller than float) is the asynchronous one
+                value = value.to(device, non_blocking=value.is_pinned())
             value = normalize_pixels(value, device, dtype)
         elif isinstance(value, torch.Tensor):
-            value = value.to(device, non_blocking=True)
+            # non_blocking only pays (and is only safe to rely on) from pinned host memory to CUDA
+            value = value.to(device, non_blocking=device.type == "cuda" and value.is_pinned())
             if dtype is not None and value.is_floating_point():
                 value = value.to(dtype)
         out[key] = value

@@ -15,9 +15,10 @@ Modules: ``extract`` (writing a shard), ``store`` (reading), ``shards`` (id list
 (failure TSVs). Decoding lives in ``clipvip.video_io``.
 """
 from clipvip.frames.extract import FrameOptions, extract_shard, frames_to_store, main, middle_index, pool_indices
-from clipvip.frames.manifest import read_failures
+from clipvip.data.manifest import read_failures
 from clipvip.frames.shards import build_index, index_main, read_clip_ids, shard_count, split_ids_main
-from clipvip.frames.store import FrameIndex, FrameStore, IncompleteStoreError, uniform_indices
+from clipvip.data.frame_store import FrameIndex, FrameStore, IncompleteStoreError
+from clipvip.data.sampling import uniform_indices
 
 __all__ = ["FrameStore", "FrameIndex", "IncompleteStoreError", "FrameOptions", "extract_shard", "main",
            "split_ids_main", "index_main", "build_index", "read_clip_ids", "shard_count", "read_failures",

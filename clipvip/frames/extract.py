@@ -6,17 +6,25 @@ Usage:
 
 Per clip (N decoded frames) the shard stores, as JPEG bytes, each distinct frame among
     uniform  ``np.linspace(0, N-1, num_frames).astype(int)``  (the evaluation frames)
-    pool     ``np.linspace(0, N-1, pool_size).astype(int)``, or all N frames if N <= pool_size (training)
+    pool     ``np.linspace(0, N-1, pool_size).astype(int)``, or all N frames if N <= pool_size (training);
+             with ``pool_fps`` (fixed-rate pool, VideoCLIP-style window sampling) instead the frame nearest to
+             each grid time ``(k + 0.5) / pool_fps``, k < ceil(duration * pool_fps): index
+             ``min(N-1, floor(t * fps))``, distinct; their presentation times ``index / fps`` are the clip
+             attribute ``pool_times`` (seconds). Only those frames are decoded (decord seeks; the exact PyAV
+             fallback decodes all but keeps only them), never every frame.
     middle   ``(N - 1) // 2``                                  (the image-captioning frame)
 resized so the short side is ``short_side`` (bicubic, antialiased; never cropped, never upscaled).
 
-Options (``FrameOptions``; unknown keys are reported and ignored):
-    num_frames 12, pool_size 32, short_side 224 (0 = keep), jpeg_quality 90, max_failure_fraction 0.1,
-    extensions ["mp4", "avi", "mkv", "webm", "mov"], decoder_threads 1.
+Options: ``FrameOptions`` (strict: an unknown key or a bad value is refused, see ``clipvip.stage``);
+``decoder_threads`` defaults to the rule's ``threads`` (``--threads``).
 
 Every listed id ends up either in the store or in the failure manifest (``clip_id``, ``reason``, ``detail``;
 reasons: missing, empty, corrupt, truncated, no_video_stream, invalid_id). The exit status is 1 only when
 failures exceed ``max_failure_fraction`` of the ids; the manifest is written either way, and then no store.
+The first 10 failures are printed to stderr (``clip_id: reason: detail``, the rule's log) and
+``--failures-copy`` writes the manifest a second time outside the rule's outputs (the workflow uses
+``R/failures/frames/<ds>/<k>.failures.tsv``): a failed Snakemake job deletes its outputs, the copy stays.
+A ``--video-dir`` that does not exist or an ``--ids`` file that cannot be read is one error line, exit 2.
 
 Atomicity: the store is written to ``<out>.tmp-<pid>``, marked ``complete=True`` last, the manifest is
 renamed into place, then the store; so a store's existence implies its manifest's, and a killed job leaves
@@ -26,12 +34,14 @@ shard are deleted at start (the workflow runs one writer per shard).
 from __future__ import annotations
 
 import argparse
+import errno
 import os
 import signal
 import sys
 import time
 from collections import Counter
-from dataclasses import asdict, dataclass, field
+import dataclasses
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import h5py
@@ -39,37 +49,31 @@ import numpy as np
 import simplejpeg
 from tqdm import tqdm
 
-from clipvip.cli import parse_options
-from clipvip.frames.manifest import default_failures_path, write_failures
-from clipvip.frames.store import STORE_FORMAT, uniform_indices
+from clipvip.stage import StageOptions, UserError, hide_progress, option, parse_options, stage_main
+from clipvip.data.manifest import default_failures_path, write_failures
+from clipvip.data.frame_store import STORE_FORMAT
+from clipvip.data.sampling import uniform_indices
 from clipvip.video_io import VideoError, decode_frames, resize_short_side, resolve_video_path
 
 
 @dataclass
-class FrameOptions:
-    num_frames: int = 12
-    pool_size: int = 32
-    short_side: int = 224
-    jpeg_quality: int = 90
-    max_failure_fraction: float = 0.1
-    extensions: list = field(default_factory=lambda: ["mp4", "avi", "mkv", "webm", "mov"])
-    decoder_threads: int = 1
-
-    @classmethod
-    def from_dict(cls, values: dict | None, *, warn=print) -> "FrameOptions":
-        values = dict(values or {})
-        unknown = sorted(set(values) - set(cls.__dataclass_fields__))
-        if unknown:
-            warn(f"clipvip frames: ignoring unknown option keys {unknown}")
-        options = cls(**{k: v for k, v in values.items() if k in cls.__dataclass_fields__})
-        checks = [("num_frames", options.num_frames >= 1), ("pool_size", options.pool_size >= 1),
-                  ("short_side", options.short_side >= 0), ("jpeg_quality", 1 <= options.jpeg_quality <= 100),
-                  ("max_failure_fraction", 0 <= options.max_failure_fraction <= 1),
-                  ("decoder_threads", options.decoder_threads >= 0)]
-        for name, ok in checks:
-            if not ok:
-                raise ValueError(f"clipvip frames: option {name}={getattr(options, name)!r} is out of range")
-        return options
+class FrameOptions(StageOptions):
+    STAGE = "frames"
+    num_frames: int = option(12, "T evaluation frames stored exactly (np.linspace(0, N-1, T))", minimum=1,
+                             maximum=256)
+    pool_size: int = option(32, "training-pool frames stored per clip (jitter samples from it)", minimum=1,
+                            maximum=1024)
+    pool_fps: float | None = option(None, "fixed-rate training pool at this many frames per second (e.g. 1-3; "
+                                    "attrs pool_times) instead of pool_size frames; None = fixed-count pool",
+                                    minimum=0.01, maximum=60.0)
+    short_side: int = option(224, "short side of stored frames in pixels (not cropped; 0 = keep)", minimum=0,
+                             maximum=1024)
+    jpeg_quality: int = option(90, "JPEG quality of stored frames", minimum=50, maximum=100)
+    max_failure_fraction: float = option(0.1, "the shard job fails only when more of its videos fail than this",
+                                         minimum=0.0, maximum=1.0)
+    extensions: list = option(["mp4", "avi", "mkv", "webm", "mov"], "video file extensions tried after <clip_id>")
+    decoder_threads: int | None = option(None, "decord/PyAV threads per video; None = the rule's threads "
+                                         "(--threads), 1 without", minimum=0)
 
 
 def pool_indices(num_frames: int, pool_size: int) -> np.ndarray:
@@ -79,14 +83,35 @@ def pool_indices(num_frames: int, pool_size: int) -> np.ndarray:
     return np.linspace(0, num_frames - 1, pool_size).astype(int)
 
 
+def fixed_rate_pool(num_frames: int, fps: float, pool_fps: float) -> tuple[np.ndarray, np.ndarray]:
+    """(decoded indices int64 [P], their times index / fps float64 [P]) of a fixed-rate pool: the frame
+    nearest-below each grid time (k + 0.5) / pool_fps for k < ceil(duration * pool_fps), distinct, sorted.
+
+    Without a usable ``fps`` the video is treated as 1 frame per second of nothing known: all N frames' slots
+    are spread over N seconds (``fps = 1``)."""
+    fps = float(fps) if fps and fps > 0 else 1.0
+    duration = num_frames / fps
+    count = max(1, int(np.ceil(duration * pool_fps - 1e-9)))
+    grid = (np.arange(count) + 0.5) / float(pool_fps)
+    indices = np.unique(np.clip(np.floor(grid * fps + 1e-9).astype(np.int64), 0, num_frames - 1))
+    return indices, indices / fps
+
+
 def middle_index(num_frames: int) -> int:
     return (num_frames - 1) // 2
 
 
-def frames_to_store(num_frames: int, options: FrameOptions) -> list[int]:
+def clip_pool(num_frames: int, options: FrameOptions, fps: float | None = None) -> tuple[np.ndarray, np.ndarray | None]:
+    """(pool indices, pool times or None): the fixed-rate pool when ``options.pool_fps`` is set."""
+    if options.pool_fps:
+        return fixed_rate_pool(num_frames, fps or 0.0, options.pool_fps)
+    return pool_indices(num_frames, options.pool_size), None
+
+
+def frames_to_store(num_frames: int, options: FrameOptions, fps: float | None = None) -> list[int]:
     """Sorted distinct decoded indices a clip of N frames needs (uniform ∪ pool ∪ middle)."""
     wanted = set(uniform_indices(num_frames, options.num_frames).tolist())
-    wanted |= set(pool_indices(num_frames, options.pool_size).tolist())
+    wanted |= set(clip_pool(num_frames, options, fps)[0].tolist())
     wanted.add(middle_index(num_frames))
     return sorted(wanted)
 
@@ -114,8 +139,9 @@ def _extract_clip(video_dir: Path, clip_id: str, options: FrameOptions):
                                     f"{{{','.join(options.extensions)}}}")
     if path.stat().st_size == 0:
         raise VideoError("empty", f"{path} is 0 bytes")
-    decoded = decode_frames(path, lambda n: frames_to_store(n, options), threads=options.decoder_threads)
+    decoded = decode_frames(path, lambda n, fps: frames_to_store(n, options, fps), threads=options.decoder_threads)
     n = decoded.num_frames
+    pool, pool_times = clip_pool(n, options, decoded.fps)
     resized = [resize_short_side(frame, options.short_side) for frame in decoded.frames]
     jpegs = [np.frombuffer(simplejpeg.encode_jpeg(np.ascontiguousarray(frame), quality=options.jpeg_quality,
                                                   colorspace="RGB"), np.uint8) for frame in resized]
@@ -123,12 +149,14 @@ def _extract_clip(video_dir: Path, clip_id: str, options: FrameOptions):
         "num_frames": n, "fps": decoded.fps, "duration": n / decoded.fps if decoded.fps else 0.0,
         "frame_indices": np.asarray(decoded.indices, np.int64),
         "uniform_indices": uniform_indices(n, options.num_frames).astype(np.int64),
-        "pool_indices": pool_indices(n, options.pool_size).astype(np.int64),
+        "pool_indices": np.asarray(pool, np.int64),
         "middle_index": middle_index(n),
         "orig_height": decoded.frames.shape[1], "orig_width": decoded.frames.shape[2],
         "height": resized[0].shape[0], "width": resized[0].shape[1],
         "decoder": decoded.decoder, "decoder_note": decoded.note, "source": path.name,
     }
+    if pool_times is not None:
+        attrs["pool_times"] = np.asarray(pool_times, np.float64)
     return jpegs, attrs
 
 
@@ -142,8 +170,37 @@ def _write_clip(clips: h5py.Group, clip_id: str, jpegs: list[np.ndarray], attrs:
 
 def read_id_list(path: str | os.PathLike) -> list[str]:
     """Clip ids, one per line (blank lines skipped, duplicates kept once, order preserved)."""
-    with open(path) as fh:
-        return list(dict.fromkeys(line.strip() for line in fh if line.strip()))
+    try:
+        with open(path) as fh:
+            return list(dict.fromkeys(line.strip() for line in fh if line.strip()))
+    except OSError as exc:
+        raise UserError(f"--ids: cannot read {path}: {exc.strerror or exc}") from None
+
+
+def _disk_full(exc: OSError) -> bool:
+    return exc.errno in (errno.ENOSPC, errno.EDQUOT) or "errno = 28" in str(exc) or "No space left" in str(exc)
+
+
+def write_manifest(path: str | os.PathLike, rows) -> None:
+    """``write_failures`` that names the file on a full disk and leaves no temp file behind."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        write_failures(path, rows)
+    except OSError as exc:
+        path.with_name(f"{path.name}.tmp-{os.getpid()}").unlink(missing_ok=True)
+        if _disk_full(exc) and not exc.filename:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path)) from exc
+        raise
+
+
+def log_first_failures(stage: str, rows, limit: int = 10) -> None:
+    """The first ``limit`` failures as ``clip_id: reason: detail`` lines on stderr (the rule's log)."""
+    rows = list(rows)
+    for clip_id, reason, detail in rows[:limit]:
+        print(f"{stage}: failed: {clip_id}: {reason}: {' '.join(str(detail).split())[:300]}", file=sys.stderr)
+    if len(rows) > limit:
+        print(f"{stage}: ... and {len(rows) - limit} more failures", file=sys.stderr)
 
 
 def _raise_on_sigterm(signum, frame):
@@ -152,9 +209,12 @@ def _raise_on_sigterm(signum, frame):
 
 def extract_shard(video_dir: str | os.PathLike, clip_ids: list[str], out: str | os.PathLike,
                   options: FrameOptions | dict | None = None, failures_path: str | os.PathLike | None = None,
-                  progress: bool | None = None) -> ShardResult:
-    """Decode ``clip_ids`` from ``video_dir`` into the shard ``out`` (see the module docstring)."""
+                  progress: bool | None = None, failures_copy: str | os.PathLike | None = None) -> ShardResult:
+    """Decode ``clip_ids`` from ``video_dir`` into the shard ``out`` (see the module docstring);
+    ``failures_copy``: a second manifest outside the rule's outputs (written whether or not the store is)."""
     options = options if isinstance(options, FrameOptions) else FrameOptions.from_dict(options)
+    if options.decoder_threads is None:
+        options = dataclasses.replace(options, decoder_threads=1)
     video_dir, out = Path(video_dir), Path(out)
     failures_path = Path(failures_path) if failures_path else default_failures_path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -171,13 +231,13 @@ def extract_shard(video_dir: str | os.PathLike, clip_ids: list[str], out: str | 
             settings = asdict(options)
             settings.pop("max_failure_fraction")
             for key, value in settings.items():
-                store.attrs[key] = value
+                if value is not None:  # HDF5 has no null (pool_fps=None: a fixed-count pool)
+                    store.attrs[key] = value
             store.attrs["format"] = STORE_FORMAT
             store.attrs["complete"] = False
             clips = store.create_group("clips")
-            # progress=None: tqdm shows the bar only on a terminal.
-            hide_bar = None if progress is None else not progress
-            for clip_id in tqdm(clip_ids, desc=f"frames {out.name}", unit="video", disable=hide_bar, mininterval=2.0):
+            for clip_id in tqdm(clip_ids, desc=f"frames {out.name}", unit="video", disable=hide_progress(progress),
+                                mininterval=2.0):
                 try:
                     jpegs, attrs = _extract_clip(video_dir, clip_id, options)
                 except VideoError as exc:
@@ -188,11 +248,16 @@ def extract_shard(video_dir: str | os.PathLike, clip_ids: list[str], out: str | 
             store.attrs["num_clips"] = len(clips)
             store.attrs["failures_manifest"] = os.path.relpath(failures_path, out.parent)
             store.attrs["complete"] = True
-        write_failures(failures_path, failures)
+        for path in [failures_path] + ([Path(failures_copy)] if failures_copy else []):
+            write_manifest(path, failures)
         too_many = len(failures) > options.max_failure_fraction * len(clip_ids)
         if not too_many:
             os.replace(tmp, out)
             published = True
+    except OSError as exc:
+        if _disk_full(exc) and not exc.filename:  # h5py: "file write failed: ... errno = 28" and no file name
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(out)) from exc
+        raise
     finally:
         if not published:
             tmp.unlink(missing_ok=True)
@@ -208,29 +273,42 @@ def _in_main_thread() -> bool:
     return threading.current_thread() is threading.main_thread()
 
 
+@stage_main("frames")
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="clipvip frames", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="clipvip frames", description=__doc__.splitlines()[0],
+                                     epilog="options:\n" + FrameOptions.help_text(),
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--video-dir", required=True, help="folder holding <id> or <id>.<ext> video files")
     parser.add_argument("--ids", required=True, help="text file, one clip id per line")
     parser.add_argument("--out", required=True, help="shard to write, e.g. frames/<ds>/00000.h5")
     parser.add_argument("--failures", default=None, help="failure manifest TSV (default <out stem>.failures.tsv)")
+    parser.add_argument("--failures-copy", default=None,
+                        help="second copy of the manifest outside the rule's outputs (survives a failed job), "
+                             "e.g. R/failures/frames/<ds>/<k>.failures.tsv")
     parser.add_argument("--options", default=None, help="JSON object (or @file.json) of FrameOptions fields")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="CPUs of the job (the rule's threads): decoder threads unless options set them")
     args = parser.parse_args(argv)
-    try:
-        options = FrameOptions.from_dict(parse_options(args.options), warn=lambda m: print(m, file=sys.stderr))
-    except (TypeError, ValueError) as exc:
-        print(f"clipvip frames: {exc}", file=sys.stderr)
-        return 2
+    options = FrameOptions.from_dict(parse_options(args.options))
+    if options.decoder_threads is None:
+        options.decoder_threads = max(1, args.threads)
     clip_ids = read_id_list(args.ids)
+    if not Path(args.video_dir).is_dir():
+        raise UserError(f"--video-dir {args.video_dir} does not exist or is not a folder "
+                        f"({len(clip_ids)} clips listed in {args.ids})")
     started = time.perf_counter()
-    result = extract_shard(args.video_dir, clip_ids, args.out, options, args.failures)
+    result = extract_shard(args.video_dir, clip_ids, args.out, options, args.failures,
+                           failures_copy=args.failures_copy)
     seconds = time.perf_counter() - started
     reasons = dict(Counter(reason for _, reason, _ in result.failures))
     print(f"frames: {result.stored}/{result.num_ids} clips decoded ({result.decoders}) in {seconds:.1f}s; "
-          f"{len(result.failures)} failures {reasons or ''} listed in {result.failures_path}")
+          f"{len(result.failures)} failures {reasons or ''} listed in {result.failures_path}", flush=True)
+    log_first_failures("frames", result.failures)
     if result.store_path is None:
-        print(f"clipvip frames: {len(result.failures)} of {result.num_ids} videos failed, more than "
-              f"max_failure_fraction={options.max_failure_fraction}; no store written to {args.out}; "
-              f"see the failure manifest {result.failures_path}", file=sys.stderr)
+        where = (f"{args.failures_copy} (kept; the rule's output {result.failures_path} is deleted with a failed "
+                 f"job)") if args.failures_copy else str(result.failures_path)
+        print(f"clipvip frames: error: {len(result.failures)} of {result.num_ids} videos failed "
+              f"{reasons}, more than max_failure_fraction={options.max_failure_fraction}; no store written to "
+              f"{args.out}; see the failure manifest {where}", file=sys.stderr)
         return 1
     return 0

@@ -15,9 +15,6 @@ import math
 from huggingface_hub.dataclasses import strict
 from transformers import CLIPConfig
 
-# Kept here (not imported from encoders.py) so the config can validate without importing torch modules.
-VIDEO_ENCODERS = ("vip", "meanpool", "seqtransformer", "full_attention")
-
 # Fields CLIP-ViP adds to CLIPConfig; ``CLIPViPModel.from_pretrained`` routes these keywords to the config.
 VIDEO_FIELDS = (
     "video_encoder",
@@ -33,7 +30,7 @@ VIDEO_FIELDS = (
 class CLIPViPConfig(CLIPConfig):
     """CLIPConfig + video fields.
 
-    - ``video_encoder``: one of ``VIDEO_ENCODERS`` (registry in ``clipvip.model.encoders``).
+    - ``video_encoder``: a name registered in ``clipvip.registry.VIDEO_ENCODERS``.
     - ``num_proxies``: M video proxy tokens = CLIP's CLS + (M-1) learned ``added_cls`` vectors.
     - ``temporal_size``: rows of the learned temporal embedding (12 in the paper; resized for other T).
     - ``temporal_init_std``: 0.0 = the paper's zero init (preserves CLIP at step 0); a from-scratch demo
@@ -54,8 +51,10 @@ class CLIPViPConfig(CLIPConfig):
 
     def validate_video_fields(self):
         """Part of ``@strict`` validation (every ``validate_*`` method runs after ``__init__``)."""
+        from clipvip.registry import VIDEO_ENCODERS
+
         if self.video_encoder not in VIDEO_ENCODERS:
-            raise ValueError(f"video_encoder={self.video_encoder!r}; choose from {VIDEO_ENCODERS}")
+            raise ValueError(f"video_encoder={self.video_encoder!r}; choose from {VIDEO_ENCODERS.names()}")
         if self.num_proxies < 1:
             raise ValueError(f"num_proxies must be >= 1 (CLIP's CLS is proxy 0), got {self.num_proxies}")
         if self.temporal_size < 1:

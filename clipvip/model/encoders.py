@@ -11,8 +11,9 @@ the owning ``CLIPViPModel`` (for its ``vision_model`` and ``visual_projection``)
 - ``seqtransformer``: CLIP4Clip seqTransf — frame features + frame position embeddings → small transformer →
   residual add to the frame features → normalise → mean → normalise.
 
-Usage:
-    from clipvip.model.encoders import VIDEO_ENCODERS, register_video_encoder
+Usage (names live in ``clipvip.registry.VIDEO_ENCODERS``, the single source the config schema, the trainer
+and evaluation read):
+    from clipvip.model.encoders import register_video_encoder
     @register_video_encoder("mine", video_tokens=False)
     class Mine(nn.Module): ...
 """
@@ -24,7 +25,7 @@ from torch import Tensor, nn
 from transformers import CLIPTextConfig
 from transformers.models.clip.modeling_clip import CLIPEncoder
 
-VIDEO_ENCODERS: dict[str, type[nn.Module]] = {}
+from clipvip.registry import VIDEO_ENCODERS
 
 
 def register_video_encoder(name: str, video_tokens: bool):
@@ -32,18 +33,13 @@ def register_video_encoder(name: str, video_tokens: bool):
 
     def wrap(cls):
         cls.video_tokens = video_tokens
-        VIDEO_ENCODERS[name] = cls
-        return cls
+        return VIDEO_ENCODERS.register(name, cls)
 
     return wrap
 
 
 def build_video_encoder(config) -> nn.Module:
-    try:
-        cls = VIDEO_ENCODERS[config.video_encoder]
-    except KeyError:
-        raise ValueError(f"unknown video_encoder {config.video_encoder!r}; choose from {sorted(VIDEO_ENCODERS)}")
-    return cls(config)
+    return VIDEO_ENCODERS.get(config.video_encoder)(config)
 
 
 def frame_features(model, pixel_values: Tensor) -> Tensor:
@@ -132,3 +128,7 @@ class SeqTransformerEncoder(nn.Module):
             mine.load_state_dict(theirs.state_dict())
         self.frame_position_embeddings.weight.copy_(text_model.embeddings.position_embedding.weight)
         return True
+
+
+# Vita-CLIP (prompts around a frozen CLIP) registers itself as ``vita``; imported last (it uses the above).
+from . import vita  # noqa: E402,F401

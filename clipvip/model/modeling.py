@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 
 import torch
 import torch.nn.functional as F
@@ -26,12 +27,18 @@ from transformers import CLIPTextModel, PretrainedConfig
 from transformers import initialization as init
 from transformers.models.clip.modeling_clip import CLIPPreTrainedModel
 
+from clipvip.stage import UserError
+
 from .config import VIDEO_FIELDS, CLIPViPConfig
 from .encoders import SeqTransformerEncoder, build_video_encoder
 from .video_embeddings import CLIPViPVisionModel, InitAsBuiltinMixin
 
 LOGIT_SCALE_MAX = math.log(200.0)
 logger = logging.getLogger(__name__)
+
+
+class ModelLoadError(UserError, ValueError):
+    """A model name or folder that cannot be a CLIP / CLIP-ViP model (one line at the stage boundary)."""
 
 
 class CLIPViPModel(InitAsBuiltinMixin, CLIPPreTrainedModel):
@@ -84,10 +91,22 @@ class CLIPViPModel(InitAsBuiltinMixin, CLIPPreTrainedModel):
         from_plain_clip = False
         if config is None:
             hub_kwargs = {k: kwargs[k] for k in ("cache_dir", "revision", "token", "local_files_only") if k in kwargs}
-            raw, _ = PretrainedConfig.get_config_dict(pretrained_model_name_or_path, **hub_kwargs)
+            name = str(pretrained_model_name_or_path)
+            folder = os.path.expanduser(name)
+            if os.path.isdir(folder) and not os.path.isfile(os.path.join(folder, "config.json")):
+                raise ModelLoadError(f"model folder {name} has no config.json: not a saved model (save_pretrained, "
+                                     "clipvip convert-official or huggingface-cli download write one)")
+            if not os.path.exists(folder) and (name.startswith(("/", "./", "../", "~")) or name.count("/") > 1):
+                raise ModelLoadError(f"model folder {name} does not exist (and it is not a hub name 'org/name')")
+            try:
+                raw, _ = PretrainedConfig.get_config_dict(pretrained_model_name_or_path, **hub_kwargs)
+            except OSError as exc:
+                first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+                raise ModelLoadError(f"cannot load model {name}: {first}") from None
             from_plain_clip = raw.get("model_type") != CLIPViPConfig.model_type
             if from_plain_clip and raw.get("model_type") != "clip":
-                raise ValueError(f"{pretrained_model_name_or_path}: model_type {raw.get('model_type')!r} is not CLIP")
+                raise ModelLoadError(f"{pretrained_model_name_or_path}: config.json has model_type "
+                                     f"{raw.get('model_type')!r}, not a CLIP or CLIP-ViP model")
             config = CLIPViPConfig.from_clip_config(raw, **overrides)
         else:
             for key, value in overrides.items():

@@ -18,6 +18,8 @@ import re
 import torch
 from transformers import PretrainedConfig
 
+from clipvip.stage import UserError, stage_main
+
 from .config import CLIPViPConfig
 from .modeling import CLIPViPModel
 
@@ -112,6 +114,25 @@ def _config_from_base(base, sd: dict, overrides: dict) -> CLIPViPConfig:
     return config
 
 
+class CheckpointError(UserError, ValueError):
+    """A file that is not a (matching) CLIP-ViP checkpoint: one line naming the file and the reason."""
+
+
+def _load_state(path):
+    """``torch.load`` of a released checkpoint; anything unreadable is a ``CheckpointError`` naming the file."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise CheckpointError(f"checkpoint {path} does not exist") from None
+    except IsADirectoryError:
+        raise CheckpointError(f"checkpoint {path} is a folder, not a .pt file (a model folder is used as "
+                              "base_model directly, no conversion needed)") from None
+    except Exception as exc:  # noqa: BLE001 - torch raises IndexError/KeyError/UnpicklingError/RuntimeError
+        first = (str(exc).strip().splitlines() or [""])[0][:200]
+        raise CheckpointError(f"{path} is not a PyTorch checkpoint (torch.load: {type(exc).__name__}: "
+                              f"{first}); expected the released pretrain_clipvip_base_*.pt") from None
+
+
 def load_official_checkpoint(path, base=None, **overrides) -> CLIPViPModel:
     """Build a ``CLIPViPModel`` and load a released CLIP-ViP ``.pt`` into it (fp32, strict key check).
 
@@ -119,7 +140,7 @@ def load_official_checkpoint(path, base=None, **overrides) -> CLIPViPModel:
     ``CLIPViPConfig``. ``overrides``: config fields, e.g. ``video_encoder``. Raises ``ValueError`` listing
     missing / unexpected / mis-shaped keys.
     """
-    sd = normalise_official_keys(_unwrap(torch.load(path, map_location="cpu", weights_only=True)))
+    sd = normalise_official_keys(_unwrap(_load_state(path)))
     config = _config_from_base(base, sd, overrides)
     model = CLIPViPModel(config)
     expected = model.state_dict()
@@ -142,6 +163,7 @@ def load_official_checkpoint(path, base=None, **overrides) -> CLIPViPModel:
     return model
 
 
+@stage_main("convert-official")
 def main(argv: list[str] | None = None) -> int:
     """``clipvip convert-official --checkpoint pretrain_clipvip_base_32.pt --tokenizer-from openai/clip-vit-base-patch32
     --out DIR``: a released checkpoint as a model folder (config + safetensors + tokenizer) that
@@ -157,7 +179,13 @@ def main(argv: list[str] | None = None) -> int:
                         help="HF CLIP name/folder whose tokenizer to save (default: the real CLIP BPE, built locally)")
     parser.add_argument("--out", required=True, help="model folder to write")
     args = parser.parse_args(argv)
-    model = load_official_checkpoint(args.checkpoint, base=args.base)
+    try:
+        model = load_official_checkpoint(args.checkpoint, base=args.base)
+    except ValueError as exc:  # not a flat state dict, keys or shapes do not match: one line
+        if isinstance(exc, UserError):
+            raise
+        text = " ".join(str(exc).split())
+        raise CheckpointError(text if text.startswith(str(args.checkpoint)) else f"{args.checkpoint}: {text}") from None
     if args.tokenizer_from:
         tokenizer = CLIPTokenizerFast.from_pretrained(args.tokenizer_from)
     else:

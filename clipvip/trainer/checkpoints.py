@@ -8,7 +8,7 @@ Usage:
 Layout of ``--checkpoint-dir``: DeepSpeed's ``<tag>/`` folders + ``latest`` (written by DeepSpeed only after
 every rank finished saving, so a kill mid-save leaves the previous checkpoint as the one resumed), periodic
 tags ``global_step<N>``, the best-validation tag ``best_step<N>``, and ``status.json``
-(``{"status": "running"|"done"|"preempted"|"diverged", "step"}``) which the launching parent reads to map
+(``{"status": "running"|"done"|"preempted"|"diverged"|"error", "step"[, "message"]}``) which the launching parent reads to map
 torchrun's generic failure to our exit code, ``metrics.jsonl`` (the master copy of the training log: Snakemake
 deletes a failed job's outputs, the resumed run must still report every step) and ``fingerprint.json``.
 
@@ -20,19 +20,21 @@ or ``--forcerun`` trains anew, while a rerun after a kill or preemption resumes.
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
 from pathlib import Path
 
+from clipvip import stage
+
 EXIT_DIVERGED = 3    # NaN/inf loss: last good checkpoint kept, nothing saved
 EXIT_PREEMPTED = 75  # EX_TEMPFAIL: checkpointed after SIGTERM/SIGUSR1; rerun to resume
-STATUS_CODES = {"done": 0, "diverged": EXIT_DIVERGED, "preempted": EXIT_PREEMPTED}
+EXIT_USER_ERROR = 2  # a rank hit bad input (clipvip.stage.UserError); status.json carries the message
+STATUS_CODES = {"done": 0, "diverged": EXIT_DIVERGED, "preempted": EXIT_PREEMPTED, "error": EXIT_USER_ERROR}
 
 
 # Options that change how a run is executed, not what it computes: they may differ between kill and resume.
 NOT_FINGERPRINTED = {"launcher", "nprocs", "dist_backend", "num_workers", "log_every", "checkpoint_every",
-                     "keep_checkpoints", "eval_batch_size", "debug_nan_at_step"}
+                     "keep_checkpoints", "eval_batch_size", "debug_nan_at_step", "compile"}
 
 
 def _path_identity(path: str | None):
@@ -106,14 +108,15 @@ def prune(ckpt_dir: Path, keep: int, protect: set[str]) -> None:
 
 
 def write_json_atomic(path: Path, value) -> None:
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(value, indent=2, default=str) + "\n")
-    os.replace(tmp, path)
+    """``clipvip.stage.write_json_atomic`` after turning non-JSON leaves (paths, dtypes) into strings."""
+    stage.write_json_atomic(path, json.loads(json.dumps(value, default=str)))
 
 
-def write_status(ckpt_dir: Path, status: str, step: int) -> None:
-    write_json_atomic(Path(ckpt_dir) / "status.json", {"status": status, "step": step})
+def write_status(ckpt_dir: Path, status: str, step: int, message: str | None = None) -> None:
+    value = {"status": status, "step": step}
+    if message is not None:
+        value["message"] = message
+    write_json_atomic(Path(ckpt_dir) / "status.json", value)
 
 
 def read_status(ckpt_dir: Path) -> dict:
@@ -143,8 +146,11 @@ def consolidated_state_dict(ckpt_dir: Path, tag: str, zero_stage: int, prefix: s
     return {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
 
 
-def export_model(ckpt_dir: Path, tag: str, zero_stage: int, model_config, tokenizer, out_dir: Path) -> None:
-    """Write ``out_dir`` = ``CLIPViPModel.save_pretrained`` + tokenizer, atomically (``<out>.tmp`` then rename)."""
+def export_model(ckpt_dir: Path, tag: str, zero_stage: int, model_config, tokenizer, out_dir: Path,
+                 extra_files: dict[str, str] | None = None) -> None:
+    """Write ``out_dir`` = ``CLIPViPModel.save_pretrained`` + tokenizer (+ ``extra_files``: name -> text, e.g. a
+    recognition model's ``classes.txt``), atomically (a temp folder beside it, renamed onto it when complete;
+    removed if anything fails)."""
     import torch
 
     from clipvip.model import CLIPViPModel
@@ -158,11 +164,13 @@ def export_model(ckpt_dir: Path, tag: str, zero_stage: int, model_config, tokeni
         raise RuntimeError(f"checkpoint {tag} does not match the model: missing {missing[:5]}, "
                            f"unexpected {unexpected[:5]}")
     out_dir = Path(out_dir)
-    tmp = out_dir.with_name(out_dir.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    with torch.no_grad():
-        model.save_pretrained(tmp)
-    tokenizer.save_pretrained(tmp)
-    if out_dir.exists():
-        shutil.rmtree(out_dir)
-    os.replace(tmp, out_dir)
+    with stage.atomic_path(out_dir) as tmp:
+        shutil.rmtree(tmp, ignore_errors=True)  # a leftover of a killed export by a process of the same pid
+        tmp.mkdir(parents=True)
+        with torch.no_grad():
+            model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        for name, text in (extra_files or {}).items():
+            (tmp / name).write_text(text)
+        if out_dir.exists():  # a directory rename cannot replace a non-empty one: drop the old export last
+            shutil.rmtree(out_dir)

@@ -1,6 +1,12 @@
 """One rank of ``clipvip train``: data, DeepSpeed engine, resume, steps, checkpoints, validation, export.
 
-Usage (``clipvip.train`` calls this after launching): ``code = run(args, opts, launcher="none")``.
+Usage (``clipvip.trainer.launch`` calls this in each rank): ``code = run(args, opts, launcher="none")``.
+
+Set-up: ``build_model`` (init weights, tokenizer, optional ``torch.compile`` of the vision tower),
+``build_data`` (datasets, sampler, the run's ``clipvip.trainer.plan.TrainingPlan``, loader), ``build_engine``
+(the task's step module under DeepSpeed). What retrieval and recognition (Vita-CLIP) do differently -- model,
+data, step module, optimizer groups, validation, export files -- is ``clipvip.trainer.tasks``. Collectives: ``clipvip.trainer.collectives`` only, on the engine's
+device. Loss and terms stay on the device and reach the host once per logged step.
 
 Order of a step (``grad_accum`` micro-batches): forward -> all ranks agree the loss is finite and whether a
 stop signal arrived (one MAX all-reduce) -> backward/step -> clamp ``logit_scale`` (fp32 master and module
@@ -21,7 +27,9 @@ import time
 from pathlib import Path
 
 from clipvip.distributed import init_distributed_env
+from clipvip.stage import UserError, atomic_path, write_text_atomic
 from clipvip.trainer import checkpoints as ck
+from clipvip.trainer import collectives as coll
 
 _STOP = {"signal": None}
 
@@ -46,14 +54,15 @@ def _metric(result: dict, dotted: str) -> float:
     return float(value)
 
 
-def _load_tokenizer(init: str):
-    if Path(init).is_dir():
-        from clipvip.data.text import load_tokenizer
+def compile_vision_tower(model) -> None:
+    """``torch.compile`` the vision tower in place (parameter names, hence checkpoints, are unchanged):
+    the image path (``forward``, used by per-frame encoders) and the video path (``video_forward``)."""
+    import torch
 
-        return load_tokenizer(init)
-    from transformers import CLIPTokenizerFast
-
-    return CLIPTokenizerFast.from_pretrained(init)
+    tower = model.vision_model
+    tower.compile()
+    if hasattr(tower, "video_forward"):
+        tower.video_forward = torch.compile(tower.video_forward)
 
 
 def _versions() -> dict:
@@ -89,86 +98,84 @@ class Trainer:
             if ck.claim_checkpoint_dir(self.ckpt_dir, fingerprint):
                 print(f"[clipvip train] {self.ckpt_dir} held checkpoints of a different run (options or inputs "
                       f"changed): discarded, training from the start", flush=True)
-        torch.distributed.barrier()  # nobody looks for checkpoints before rank 0 has claimed the folder
+        coll.barrier(self.device)  # nobody looks for checkpoints before rank 0 has claimed the folder
 
     def _input_paths(self) -> dict:
         a = self.args
-        return {k: getattr(a, k) for k in ("frames_index", "annotations", "captions", "val_annotations",
-                                           "val_frames_index", "init")}
+        paths = {k: getattr(a, k) for k in ("frames_index", "annotations", "captions", "val_annotations",
+                                            "val_frames_index", "init")}
+        if getattr(a, "class_list", None):  # recognition only (absent keeps retrieval fingerprints unchanged)
+            paths["class_list"] = a.class_list
+        if getattr(a, "features_index", None):  # VideoCLIP only
+            paths["features_index"] = a.features_index
+        return paths
 
     # ------------------------------------------------------------------------------------------------ setup
     def build(self) -> None:
-        torch, opts, args = self.torch, self.opts, self.args
+        """Model, then data (which fixes the plan: geometry, steps, workers), then the DeepSpeed engine."""
+        self.build_model()
+        self.build_data()
+        self.build_engine()
 
-        from clipvip.data.annotations import read_annotations, read_captions
-        from clipvip.data.loader import build_loader
-        from clipvip.data.datasets import FinetuneDataset, PretrainDataset
-        from clipvip.data.sampler import ResumableDistributedSampler
-        from clipvip.data.text import TokenizingCollator
-        from clipvip.ds_config import build_ds_config, manual_clip, resolve_precision
-        from clipvip.frames import FrameIndex
-        from clipvip.model import CLIPViPModel
-        from clipvip.trainer.step import ContrastiveStep
+    def build_model(self) -> None:
+        from clipvip.trainer.tasks import make_task
 
-        # Same seed on every rank: identical random init of new parameters (proxies, temporal embedding).
-        torch.manual_seed(opts.seed)
-        loaded = CLIPViPModel.from_pretrained(args.init, video_encoder=opts.video_encoder,
-                                              temporal_init_std=opts.temporal_init_std)
-        self.model = loaded[0] if isinstance(loaded, tuple) else loaded
-        self.tokenizer = _load_tokenizer(args.init)
-        self.image_size = opts.image_size or self.model.config.vision_config.image_size
+        opts = self.opts
+        if getattr(opts, "method", "clipvip") == "videoclip":  # VideoCLIP: clipvip.trainer.videoclip_task
+            from clipvip.trainer.videoclip_task import VideoCLIPTask
 
-        anns = read_annotations(args.annotations, text_mode=opts.text_mode)
-        index = FrameIndex(args.frames_index)
-        if args.stage == "finetune":
-            self.dataset = FinetuneDataset(index, anns, opts.num_frames, self.image_size, train=True, seed=opts.seed)
+            self.task = VideoCLIPTask()
         else:
-            captions = read_captions(args.captions) if args.captions else None
-            self.dataset = PretrainDataset(index, anns, captions, opts.num_frames, self.image_size, seed=opts.seed)
+            self.task = make_task(opts.task)  # clipvip.trainer.tasks: what retrieval and recognition do differently
+        # Same seed on every rank: identical random init of new parameters (proxies, temporal embedding).
+        self.torch.manual_seed(opts.seed)
+        self.task.build_model(self)
+        vision = getattr(getattr(self.model, "config", None), "vision_config", None)  # none: VideoCLIP features
+        self.image_size = opts.image_size or (vision.image_size if vision is not None else None)
+        if opts.compile and opts.video_encoder != "vita":  # Vita runs CLIP's layers itself: nothing to compile
+            compile_vision_tower(self.model)
 
+    def build_data(self) -> None:
+        from clipvip.data.loader import build_loader
+        from clipvip.data.sampler import ResumableDistributedSampler
+        from clipvip.trainer.plan import make_plan
+
+        opts = self.opts
+        self.dataset, collate, self.val = self.task.build_data(self)
         world = self.info.world_size
-        on_gpu = self.device.type == "cuda"
-        # Total steps before the config: the scheduler needs them. Batch geometry is validated in ds_config.
-        from clipvip.ds_config import batch_geometry, warmup_steps
-
-        _, self.micro, self.accum = batch_geometry(opts.batch_size, opts.micro_batch_per_gpu, opts.grad_accum, world)
-        if opts.batch_size % opts.group_size:
-            raise SystemExit(f"--options: batch_size {opts.batch_size} is not a multiple of group_size "
-                             f"{opts.group_size}: groups would straddle batches")
+        order = {}
+        if opts.shuffle_mode == "shard":  # reads stay within a few shards (clipvip.data.sampler)
+            order = dict(shuffle_mode="shard", shards=self.dataset.item_shards(), shard_buffer=opts.shard_buffer)
         self.sampler = ResumableDistributedSampler(len(self.dataset), num_replicas=world, rank=self.info.rank,
-                                                   shuffle=True, seed=opts.seed, group_size=opts.group_size)
-        self.steps_per_epoch = self.sampler.num_samples // (self.micro * self.accum)
-        if self.steps_per_epoch < 1:
-            raise SystemExit(f"{len(self.dataset)} training clips cannot fill one global batch of {opts.batch_size}")
-        self.total_steps = int(opts.max_steps or max(1, math.ceil(opts.epochs * self.steps_per_epoch)))
-        self.ds_config = build_ds_config(opts, world, self.total_steps, on_gpu)
-        self.manual_clip = manual_clip(self.ds_config)  # stage-0 fp32 workaround, see ds_config.manual_clip
+                                                   shuffle=True, seed=opts.seed, group_size=opts.group_size,
+                                                   **order)
+        self.plan = plan = make_plan(opts, world, len(self.dataset), self.device,
+                                     rank_samples=self.sampler.num_samples)
+        self.micro, self.accum = plan.micro, plan.accum
+        self.steps_per_epoch, self.total_steps = plan.steps_per_epoch, plan.total_steps
+        self.ds_config, self.manual_clip = plan.ds_config, plan.manual_clip
+        if hasattr(self.task, "adjust_ds_config"):  # VideoCLIP: Adam + WarmupDecayLR
+            self.ds_config = self.task.adjust_ds_config(self, self.ds_config)
+        self.loader = build_loader(self.dataset, self.sampler, plan.micro, plan.workers, collate, drop_last=True,
+                                   prefetch_factor=plan.prefetch_factor, pin_memory=plan.pin_memory,
+                                   persistent_workers=plan.persistent_workers)
 
-        workers = opts.num_workers
-        self.loader = build_loader(self.dataset, self.sampler, self.micro, workers,
-                                   TokenizingCollator(self.tokenizer, opts.max_text_len), drop_last=True,
-                                   pin_memory=on_gpu)
-
-        step_module = ContrastiveStep(self.model, opts.loss, dedup_texts=opts.dedup_texts)
+    def build_engine(self) -> None:
+        opts = self.opts
+        step_module = self.task.step_module(self)
         if opts.zero_stage == 3:
             step_module.register_zero3_externals()
-        groups = self.model.param_groups(weight_decay=opts.weight_decay, lr=opts.lr,
-                                         temporal_lr_mult=opts.temporal_lr_mult)
+        groups = self.task.param_groups(self)
+        trainable = sum(p.numel() for g in groups for p in g["params"])  # before DeepSpeed flattens the groups
         self.engine, _, _, _ = self.deepspeed.initialize(model=step_module, model_parameters=groups,
                                                          config=self.ds_config)
         self.dtype = next(self.model.parameters()).dtype
-
-        self.val = None
-        if args.val_annotations:
-            self.val = dict(frame_index=FrameIndex(args.val_frames_index or args.frames_index),
-                            annotations=read_annotations(args.val_annotations, text_mode=opts.text_mode))
         self.derived = {
-            "world_size": world, "micro_batch_per_gpu": self.micro, "grad_accum": self.accum,
-            "steps_per_epoch": self.steps_per_epoch, "total_steps": self.total_steps,
-            "warmup_steps": warmup_steps(self.total_steps, opts.warmup_ratio),
-            "precision": resolve_precision(opts.precision, on_gpu), "image_size": self.image_size,
-            "train_clips": len(self.dataset), "missing_clips": len(self.dataset.missing),
-            "manual_grad_clip": self.manual_clip, "backend": self.info.backend, "launcher": self.args.launcher_used,
+            **self.plan.derived(), "image_size": self.image_size, "train_clips": len(self.dataset),
+            "missing_clips": len(self.dataset.missing), "backend": self.info.backend,
+            "launcher": self.args.launcher_used, "video_encoder": opts.video_encoder, "task": opts.task,
+            "compiled": bool(opts.compile and opts.video_encoder != "vita"),
+            "trainable_params": trainable,
         }
 
     def write_config(self) -> None:
@@ -178,7 +185,7 @@ class Trainer:
         paths = {**self._input_paths(), "out": a.out, "checkpoint_dir": a.checkpoint_dir}
         ck.write_json_atomic(self.out / "deepspeed_config.json", self.ds_config)
         ck.write_json_atomic(self.out / "config.json", {
-            "stage": a.stage, "paths": paths, "options": self.opts.to_dict(), "derived": self.derived,
+            "stage": a.stage, "task": self.opts.task, "paths": paths, "options": self.opts.to_dict(), "derived": self.derived,
             "deepspeed": self.ds_config, "versions": _versions()})
 
     # ------------------------------------------------------------------------------------------------ state
@@ -195,7 +202,8 @@ class Trainer:
             return
         path, client = self.engine.load_checkpoint(str(self.ckpt_dir), tag=tag)
         if path is None:
-            raise SystemExit(f"could not load checkpoint {self.ckpt_dir}/{tag}")
+            raise UserError(f"could not load checkpoint {self.ckpt_dir}/{tag} (remove --checkpoint-dir to train "
+                            "from the start)")
         self.sampler.load_state_dict(client["sampler"])
         self.state.update(client["trainer"])
         if self.main:
@@ -209,7 +217,7 @@ class Trainer:
             return
         keep = [line for line in path.read_text().splitlines()
                 if line.strip() and json.loads(line).get("step", 0) <= step]
-        path.write_text("".join(line + "\n" for line in keep))
+        write_text_atomic(path, "".join(line + "\n" for line in keep))
 
     def client_state(self) -> dict:
         return {"sampler": self.sampler.state_dict(), "trainer": dict(self.state)}
@@ -221,10 +229,13 @@ class Trainer:
             ck.prune(self.ckpt_dir, self.opts.keep_checkpoints, protect={tag, self.state["best_tag"] or ""})
 
     # ------------------------------------------------------------------------------------------------ step
-    def clamp_logit_scale(self) -> float:
-        """Clamp to [0, ln 200] in the fp32 master (ZeRO keeps its own copy) and in the module; return value."""
+    def clamp_logit_scale(self):
+        """Clamp to [0, ln 200] in the fp32 master (ZeRO keeps its own copy) and in the module; return the value
+        as a 0-dim device tensor (read on the host only when logged)."""
         from deepspeed.utils import safe_get_full_fp32_param, safe_set_full_fp32_param
 
+        if not hasattr(self.model, "logit_scale"):  # VideoCLIP: tau = 1, no learned scale
+            return self.torch.ones((), device=self.device)
         param = self.model.logit_scale
         master = safe_get_full_fp32_param(param)  # collective at ZeRO 1-3; None at stage 0
         if master is not None:
@@ -234,7 +245,7 @@ class Trainer:
         with self.deepspeed.zero.GatheredParameters([param], modifier_rank=0,
                                                     enabled=self.opts.zero_stage == 3):
             self.model.clamp_logit_scale_()
-            value = float(param.detach().float())
+            value = param.detach().float().clone()
         return value
 
     def _to_device(self, batch: dict) -> dict:
@@ -243,50 +254,51 @@ class Trainer:
 
         return to_device(batch, self.device, self.dtype)
 
-    def train_step(self, it) -> tuple[float, dict] | None:
-        """One optimizer step; None when the loss was not finite (nothing applied)."""
+    def train_step(self, it):
+        """One optimizer step; None when the loss was not finite (nothing applied).
+
+        Returns ``(loss, terms)`` as 0-dim tensors on the device (means over the micro-batches): the host reads
+        them only when a line is logged. Per micro-batch the one host sync is the agreement on the flags
+        (non-finite loss anywhere, stop signal anywhere): one 2-element MAX all-reduce on the engine's device
+        (``clipvip.trainer.collectives``; NCCL refuses CPU tensors), which must precede backward.
+        """
         torch, step = self.torch, self.state["step"] + 1
-        losses, terms_sum = [], {}
+        loss_sum, terms_sum = None, {}
         self.step_lr = self.engine.get_lr()[0]  # the lr this step uses (DeepSpeed advances it after the step)
         for _ in range(self.accum):
             batch = self._to_device(next(it))
             loss, terms = self.engine(batch)
             if self.opts.debug_nan_at_step == step and self.main:
                 loss = loss * float("nan")  # TEST ONLY (option debug_nan_at_step)
-            flags = torch.tensor([0.0 if torch.isfinite(loss) else 1.0,
-                                  1.0 if _STOP["signal"] is not None else 0.0])
-            torch.distributed.all_reduce(flags, op=torch.distributed.ReduceOp.MAX)
-            if flags[0] > 0:
+            flags = coll.all_reduce_flags([~torch.isfinite(loss.detach()), _STOP["signal"] is not None],
+                                          self.device)
+            bad, stop = (bool(f) for f in flags.tolist())
+            if bad:
                 shown = {k: float(v.detach()) for k, v in terms.items()}
                 print(f"[clipvip train] rank {self.info.rank}: loss {float(loss.detach())} at step {step}, terms {shown}",
                       file=sys.stderr, flush=True)
                 return None
-            if flags[1] > 0:
+            if stop:
                 self.stop = True  # agreed by all ranks; a signal arriving later waits for the next step
             self.engine.backward(loss)
             if self.manual_clip and self.engine.is_gradient_accumulation_boundary():
-                self.grad_norm = float(torch.nn.utils.clip_grad_norm_(self.engine.module.parameters(),
-                                                                      self.manual_clip))
+                self.grad_norm = torch.nn.utils.clip_grad_norm_(self.engine.module.parameters(), self.manual_clip)
             self.engine.step()
             self.sampler.advance(self.micro)
-            losses.append(float(loss.detach()))
+            loss_sum = loss.detach().float() if loss_sum is None else loss_sum + loss.detach().float()
             for k, v in terms.items():
-                terms_sum[k] = terms_sum.get(k, 0.0) + float(v.detach()) / self.accum
+                part = v.detach().float() / self.accum
+                terms_sum[k] = part if k not in terms_sum else terms_sum[k] + part
         self.state["step"] = step
-        return sum(losses) / len(losses), terms_sum
+        return loss_sum / self.accum, terms_sum
 
     # ------------------------------------------------------------------------------------------------ loop
     def evaluate(self) -> dict:
-        from clipvip.evaluate import evaluate_model
-
         module = self.engine.module
         module.eval()
         try:
             with self.torch.no_grad():
-                result = evaluate_model(self.model, self.tokenizer, self.val["frame_index"],
-                                        self.val["annotations"], num_frames=self.opts.num_frames,
-                                        max_text_len=self.opts.max_text_len, batch_size=self.opts.eval_batch_size,
-                                        device=self.device, image_size=self.image_size, progress=False)
+                result = self.task.evaluate(self)
         finally:
             module.train()
         return result
@@ -331,11 +343,16 @@ class Trainer:
                 step = self.state["step"]
                 scale = self.clamp_logit_scale()
                 bar.update(1)
-                if self.main and (step % opts.log_every == 0 or step == total):
+                logged = step % opts.log_every == 0 or step == total
+                if logged and self.task.local_loss:  # every rank: its loss is its own micro-batches' mean
+                    loss, terms = coll.all_reduce_mean(loss.clone()), {k: coll.all_reduce_mean(v.clone())
+                                                                       for k, v in terms.items()}
+                if self.main and logged:
+                    loss, terms = float(loss), {k: float(v) for k, v in terms.items()}  # the host sync
                     self.log({"step": step, "epoch": step / spe, "loss": loss, "terms": terms,
                               "lr": self.step_lr, "grad_norm": _float(self.grad_norm if self.manual_clip
                                                   else self.engine.get_global_grad_norm()),
-                              "logit_scale": scale, "clips_per_s": opts.batch_size / (time.perf_counter() - t0),
+                              "logit_scale": float(scale), "clips_per_s": opts.batch_size / (time.perf_counter() - t0),
                               "peak_mem_mb": _peak_mem_mb(self.device)})
                     bar.set_postfix(loss=f"{loss:.4f}")
                 if self.val and (step % eval_steps == 0 or step == total):
@@ -372,19 +389,21 @@ class Trainer:
     def export(self) -> None:
         step = self.state["step"]
         tag = self.state["best_tag"] if self.val else ck.step_tag(step)
+        if self.main and hasattr(self.task, "export_model"):  # VideoCLIP: its own folder format
+            self.task.export_model(self, tag)
         if self.main:
-            ck.export_model(self.ckpt_dir, tag, self.opts.zero_stage, self.model.config, self.tokenizer,
-                            self.out / "model")
-            tmp = self.out / "metrics.jsonl.tmp"
+            if not hasattr(self.task, "export_model"):
+                ck.export_model(self.ckpt_dir, tag, self.opts.zero_stage, self.model.config, self.tokenizer,
+                                self.out / "model", extra_files=self.task.export_files(self))
             self.metrics_path.touch()
-            shutil.copyfile(self.metrics_path, tmp)
-            os.replace(tmp, self.out / "metrics.jsonl")
+            with atomic_path(self.out / "metrics.jsonl") as tmp:
+                shutil.copyfile(self.metrics_path, tmp)
             if self.val:
                 ck.write_json_atomic(self.out / "selection.json", {
                     "step": self.state["best_step"], "metric": self.opts.select_metric,
                     "value": self.state["best_value"], "split": "val", "checkpoint": tag})
             ck.write_status(self.ckpt_dir, "done", step)
-        self.torch.distributed.barrier()
+        coll.barrier(self.device)
 
 
 def _float(value):
@@ -400,10 +419,17 @@ def run(args, opts, launcher: str) -> int:
         signal.signal(sig, _on_signal)
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     args.launcher_used = launcher
-    trainer = Trainer(args, opts, launcher)
-    trainer.build()
-    trainer.write_config()
-    trainer.resume()
-    if trainer.main:
-        ck.write_status(trainer.ckpt_dir, "running", trainer.state["step"])
-    return trainer.fit()
+    try:
+        trainer = Trainer(args, opts, launcher)
+        trainer.build()
+        trainer.write_config()
+        trainer.resume()
+        if trainer.main:
+            ck.write_status(trainer.ckpt_dir, "running", trainer.state["step"])
+        return trainer.fit()
+    except UserError as exc:
+        # Under torchrun/submitit the launching parent maps the ranks' generic failure through this status:
+        # it re-raises the message as one line and exit 2 (clipvip.trainer.launch.rank_outcome).
+        # The rank's own line comes from clipvip.stage.stage_main (torchrun children run `clipvip train`).
+        ck.write_status(args.checkpoint_dir, "error", -1, message=str(exc))
+        raise

@@ -9,14 +9,15 @@ Only the features the loss needs are encoded: V = ``pixel_values`` (jittered vid
 same tower), C = ``caption_input_ids`` (auxiliary caption). The model's own ``forward`` is not used because
 the loss needs ``logit_scale`` too; at ZeRO-3 that parameter belongs to the model itself, whose forward
 hook never fires here, so it is registered as an external parameter of this wrapper (gathered on our
-forward). Identical texts within the (global) batch count as positives (``dedup_texts``).
+forward). Identical texts within the (global) batch count as positives (``dedup_texts``). Under bf16 the
+towers run in bf16 and the features are cast to fp32 before the loss (logits, softmax and CE in fp32).
 """
 from __future__ import annotations
 
+import hashlib
+
 import torch
 from torch import nn
-
-import hashlib
 
 FEATURES = ("V", "S", "F", "C")
 TEXT_FIELDS = {"S": "text", "C": "caption"}  # raw strings the collator keeps next to the token ids
@@ -31,13 +32,11 @@ def text_ids(texts: list[str]) -> torch.Tensor:
 class ContrastiveStep(nn.Module):
     def __init__(self, model: nn.Module, loss_name: str, dedup_texts: bool = True):
         super().__init__()
-        from clipvip.losses import LOSSES
+        from clipvip.registry import LOSSES
 
-        if loss_name not in LOSSES:
-            raise SystemExit(f"--options: unknown loss {loss_name!r}; choose from {sorted(LOSSES)}")
         self.model = model
         self.loss_name = loss_name
-        self.loss_fn = LOSSES[loss_name]
+        self.loss_fn = LOSSES.get(loss_name)  # an unknown name is a UserError naming the registered ones
         self.needs = list(self.loss_fn.keys)
         self.dedup_texts = dedup_texts
 
@@ -64,4 +63,7 @@ class ContrastiveStep(nn.Module):
             # Identical texts in a batch (repeated captions) are positives, not false negatives.
             groups = {k: text_ids(batch[f]).to(feats[k].device) for k, f in TEXT_FIELDS.items()
                       if k in feats and f in batch}
-        return self.loss_fn(feats, m.logit_scale, groups=groups)
+        # The loss (logits s·A·Bᵀ, softmax, CE) in fp32 whatever the model's dtype: clipvip.losses computes in
+        # its inputs' dtype, and bf16 logits (8 mantissa bits) at logit scale up to 100 lose the ranking.
+        feats = {k: v.float() for k, v in feats.items()}
+        return self.loss_fn(feats, m.logit_scale.float(), groups=groups)

@@ -1,6 +1,6 @@
 """``launcher: submitit``: ``clipvip train`` submits itself as a submitit job and waits for it.
 
-Usage (what ``clipvip.train.main`` does): ``code = submit_and_wait(argv, args, opts)``.
+Usage (what ``clipvip.trainer.launch.launch`` does): ``code = submit_and_wait(argv, args, opts)``.
 
 The job runs ``submitit_nodes`` x ``submitit_tasks_per_node`` tasks; each task is one rank and exports
 torch.distributed's variables with ``TorchDistributedEnvironment`` (``clipvip.distributed``). On a cluster
@@ -24,7 +24,7 @@ class TrainJob(submitit.helpers.Checkpointable):
         self.argv = list(argv)
 
     def __call__(self) -> int:
-        from clipvip.train import parse_args
+        from clipvip.trainer.args import parse_args
         from clipvip.trainer.loop import run
 
         args, opts = parse_args(self.argv)

@@ -26,9 +26,10 @@ PRETRAINED_DIR = f"{R}/pretrained"
 wildcard_constraints:
     ds="[A-Za-z0-9_.]+",
     shard="[0-9]{5}",
-    variant="[A-Za-z0-9_]+-[A-Za-z0-9_]+",
+    # <encoder>-<loss>, and data-scale study variants <encoder>-<loss>-scale<fraction> (vip-vsc_fc-scale0p1)
+    variant="[A-Za-z0-9_]+-[A-Za-z0-9_]+(?:-scale[0-9p]+)?",
     split="train|val|test",
-    row="base|pretrained-[A-Za-z0-9_]+-[A-Za-z0-9_]+|finetuned-[A-Za-z0-9_]+-[A-Za-z0-9_]+",
+    row="base|(?:pretrained|finetuned)-[A-Za-z0-9_]+-[A-Za-z0-9_]+(?:-scale[0-9p]+)?",
 
 
 def as_json(value):
@@ -46,20 +47,33 @@ def annotation_files(ds):
 
 @functools.cache
 def dataset_clip_ids(ds):
-    """Clip ids of a dataset, known at parse time: the demo's are computed, real ones read from the JSONL."""
+    """Clip ids of a demo dataset (computed, tiny). Real datasets' ids are never read at parse time: their
+    shard count comes from the split_ids checkpoint (see `shards`); this reads its id lists once they exist."""
     if is_demo_dataset(ds):
         from clipvip.demo_data import clip_ids
 
         return clip_ids(DEMO["corpus"], ds)
-    missing = [p for p in annotation_files(ds) if not os.path.exists(p)]
-    if missing:
-        raise WorkflowError(f"dataset {ds}: annotation file(s) not found: {', '.join(missing)}")
-    return read_clip_ids(annotation_files(ds))
+    ids_dir = getattr(checkpoints, f"split_ids_{ds}").get().output[0]
+    ids = []
+    for shard in shards(ds):
+        with open(os.path.join(ids_dir, f"{shard}.txt")) as fh:
+            ids += fh.read().split()
+    return ids
 
 
 def shards(ds):
-    n = shard_count(len(dataset_clip_ids(ds)), config["frames"]["shard_size"])
-    return [f"{k:05d}" for k in range(n)]
+    """Shard names 00000, 00001, ... of a dataset. Demo: from its computed ids. Real data: the id lists that
+    the split_ids checkpoint wrote (call only from input functions: before the checkpoint ran this raises
+    Snakemake's IncompleteCheckpointException, which defers the jobs that need the shard list)."""
+    if is_demo_dataset(ds):
+        n = shard_count(len(dataset_clip_ids(ds)), config["frames"]["shard_size"])
+        return [f"{k:05d}" for k in range(n)]
+    missing = [p for p in annotation_files(ds) if not os.path.exists(p)]
+    if missing:
+        raise WorkflowError(f"dataset {ds}: annotation file(s) not found: {', '.join(missing)}")
+    ids_dir = getattr(checkpoints, f"split_ids_{ds}").get().output[0]
+    return sorted(name[:5] for name in os.listdir(ids_dir) if len(name) == 9 and name.endswith(".txt")
+                  and name[:5].isdigit())
 
 
 def frames_options(ds):
@@ -117,6 +131,8 @@ def train_logs():
 def all_targets():
     targets = [f"{R}/tables/retrieval.md"]
     targets += [frame_index(ds) for ds in DATASETS]
+    targets += analysis_targets()  # workflow/rules/analysis.smk: domain gap, gallery, data-scale study
+    targets += recognition_targets()  # workflow/rules/recognition.smk: Vita-CLIP recognition table
     return targets
 
 
@@ -127,7 +143,8 @@ def demo_annotation_outputs():
 
 
 def caption_files(ds):
-    return expand(f"{R}/captions/{ds}/{{shard}}.jsonl", shard=shards(ds))
+    """The pre-training captions as training reads them: one merged, memory-mapped Arrow table."""
+    return [f"{R}/captions/{ds}/captions.arrow"]
 
 
 def train_resources():
@@ -161,8 +178,11 @@ def row_identity(wc):
         return {**identity, "method": "CLIP (zero-shot)", "stage": "zero-shot",
                 "encoder": config["evaluate"]["zero_shot_encoder"], "loss": "-"}
     stage, variant = wc.row.split("-", 1)
-    return {**identity, "method": "CLIP-ViP", "stage": "zero-shot" if stage == "pretrained" else "fine-tuned",
-            "encoder": VARIANTS[variant]["video_encoder"], "loss": VARIANTS[variant]["loss"]}
+    identity = {**identity, "method": "CLIP-ViP", "stage": "zero-shot" if stage == "pretrained" else "fine-tuned",
+                "encoder": VARIANTS[variant]["video_encoder"], "loss": VARIANTS[variant]["loss"]}
+    if "data_scale" in VARIANTS[variant]:  # data-scale study rows: their own table rows ("-" = all data)
+        identity["data"] = f"{VARIANTS[variant]['data_scale']:g}"
+    return identity
 
 
 def evaluate_options(wc):

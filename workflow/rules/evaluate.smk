@@ -21,5 +21,5 @@ rule evaluate:
         "../envs/clipvip.yaml"
     shell:
         "clipvip evaluate --model {params.model:q} --frames-index {input.index}"
-        " --annotations {input.annotations} --out {output.metrics} --row {params.row:q}"
+        " --annotations {input.annotations} --split {wildcards.split} --out {output.metrics} --row {params.row:q}"
         " --options {params.options:q} > {log} 2>&1"

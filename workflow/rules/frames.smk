@@ -1,10 +1,12 @@
 # Videos → sharded HDF5 frame stores (JPEG bytes), one writer per shard, plus a per-dataset index.
 # Shards are fixed slices of the dataset's sorted clip ids. The id lists are one directory output: a rule with
 # one output file per shard makes Snakemake's producer matching quadratic (minutes for 10,000 shards).
+# split_ids is a checkpoint: a real dataset's shard count is read from its id lists once they exist (`shards`
+# in common.smk), so building the DAG never reads the annotation files (100 M ids would take minutes and GBs).
 
 for _ds in DATASETS:
 
-    rule:
+    checkpoint:
         name:
             f"split_ids_{_ds}"
         input:
@@ -33,6 +35,9 @@ rule frames:
     params:
         video_dir=lambda wc: DATASETS[wc.ds]["video_dir"],
         options=lambda wc: as_json(frames_options(wc.ds)),
+        # Not an output: a failed job's outputs are deleted, this copy of the manifest stays for the user.
+        failures_copy=f"{R}/failures/frames/{{ds}}/{{shard}}.failures.tsv",
+    threads: 1  # profiles raise it (set-threads); the stage decodes with this many threads
     log:
         f"{R}/logs/frames/{{ds}}/{{shard}}.log",
     benchmark:
@@ -41,7 +46,8 @@ rule frames:
         "../envs/clipvip.yaml"
     shell:
         "clipvip frames --video-dir {params.video_dir:q} --ids {input.ids}/{wildcards.shard}.txt --out {output.store}"
-        " --failures {output.failures} --options {params.options:q} > {log} 2>&1"
+        " --failures {output.failures} --failures-copy {params.failures_copy} --options {params.options:q}"
+        " --threads {threads} > {log} 2>&1"
 
 
 rule frames_index:
@@ -49,6 +55,7 @@ rule frames_index:
         stores=lambda wc: expand(f"{R}/frames/{wc.ds}/{{shard}}.h5", shard=shards(wc.ds)),
     output:
         index=f"{R}/frames/{{ds}}/index.json",
+        ids=f"{R}/frames/{{ds}}/index.arrow",
         failures=f"{R}/frames/{{ds}}/failures.tsv",
     log:
         f"{R}/logs/frames_index/{{ds}}.log",
@@ -58,3 +65,22 @@ rule frames_index:
         "../envs/clipvip.yaml"
     shell:
         "clipvip frames-index --shards {input.stores} --out {output.index} > {log} 2>&1"
+
+
+# An annotation split as a memory-mapped Arrow table joined with the frame index (shard/row of every clip): what
+# training reads at corpus scale (clipvip.data.corpus; read_annotations on the .arrow path is lazy).
+rule annotations_table:
+    input:
+        annotations=lambda wc: DATASETS[wc.ds]["annotations"][wc.split],
+        index=f"{R}/frames/{{ds}}/index.arrow",
+    output:
+        table=f"{R}/corpus/{{ds}}/{{split}}.arrow",
+    log:
+        f"{R}/logs/annotations_table/{{ds}}/{{split}}.log",
+    benchmark:
+        f"{R}/benchmarks/annotations_table/{{ds}}/{{split}}.tsv"
+    conda:
+        "../envs/clipvip.yaml"
+    shell:
+        "clipvip corpus-arrow annotations --input {input.annotations:q} --index {input.index}"
+        " --out {output.table} > {log} 2>&1"

@@ -2,13 +2,16 @@
 # Checkpoints live under {R}/checkpoints (not a declared output), so a failed or killed job resumes on rerun.
 # How ranks start is a resource, not a param: switching launcher or task count never reruns a finished model.
 
+# Data-scale study variants (vip-vsc_fc-scale0p1, ...) read a nested subset of the pre-training annotations:
+# pretrain_annotations() in analysis_common.smk.
+
 PRETRAIN = config["pretrain"]
 
 
 rule pretrain:
     input:
         index=lambda wc: frame_index(PRETRAIN["dataset"]),
-        annotations=lambda wc: DATASETS[PRETRAIN["dataset"]]["annotations"]["train"],
+        annotations=lambda wc: pretrain_annotations(wc.variant),
         captions=lambda wc: caption_files(PRETRAIN["dataset"]),
         init=local_model_input(config["base_model"]),
     output:

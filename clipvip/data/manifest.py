@@ -32,15 +32,14 @@ def _clean(value) -> str:
 
 def write_failures(path: str | os.PathLike, rows: Iterable[Sequence], columns: Sequence[str] = SHARD_COLUMNS) -> None:
     """Write the manifest atomically (temp file + rename); an empty manifest still has its header."""
-    path = Path(path)
-    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "w") as fh:
+    from clipvip.stage import atomic_path
+
+    with atomic_path(path) as tmp, open(tmp, "w") as fh:
         fh.write("\t".join(columns) + "\n")
         for row in rows:
             if len(row) != len(columns):
                 raise ValueError(f"failure row {row!r} does not match columns {columns}")
             fh.write("\t".join(_clean(value) for value in row) + "\n")
-    os.replace(tmp, path)
 
 
 def read_failures(path: str | os.PathLike) -> pd.DataFrame:

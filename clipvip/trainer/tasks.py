@@ -1,0 +1,171 @@
+"""What differs between the trainer's tasks (option ``task``): model, data, the step module, optimizer groups,
+validation and extra export files. ``clipvip.trainer.loop.Trainer`` calls these; plan, engine, resume,
+checkpoints and launchers are shared.
+
+Usage (the loop): ``task = make_task(opts.task)``; then ``task.build_model(trainer)``, ``task.build_data(trainer)``
+-> ``(dataset, collate_fn, val)``, ``task.step_module(trainer)``, ``task.param_groups(trainer)``,
+``task.evaluate(trainer)`` -> metrics dict, ``task.export_files(trainer)`` -> ``{name: text}`` written into
+``model/``.
+
+- ``retrieval``: ``ContrastiveStep`` (clipvip.trainer.step) over the configured loss, ``model.param_groups``,
+  validation = ``clipvip.retrieval.evaluate_model``.
+- ``recognition`` (Vita-CLIP): ``clipvip.recognition.RecognitionStep`` (CE over exp(s)·cos(video, class text))
+  over the ``--class-list`` classes, ``RecognitionDataset`` (stride / uniform sampling), validation = top-1 /
+  top-5 on ``--val-annotations`` through ``clipvip.recognition.evaluate_recognition``. The loss is local to a
+  rank (every rank holds every class, no gather), so the logged loss is the mean over ranks (``local_loss``).
+  The exported folder holds the class names twice: in ``config.json`` (``vita.class_names``, what
+  ``build_vita_model(folder)`` reads) and as ``classes.txt``.
+- ``video_encoder: vita`` in either task: the model comes from ``build_vita_model`` (CLIP frozen) and the
+  optimizer holds only ``vita_param_groups`` (prompts, summary attention, temporal embedding, text context,
+  ``logit_scale``). ``compile`` has no effect on it (Vita runs CLIP's layers itself, not the tower's forward).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+from clipvip.stage import UserError
+
+
+def load_tokenizer(init: str):
+    if Path(init).is_dir():
+        from clipvip.data.text import load_tokenizer as from_folder
+
+        return from_folder(init)
+    from transformers import CLIPTokenizerFast
+
+    return CLIPTokenizerFast.from_pretrained(init)
+
+
+def build_vita(init: str, opts, class_names: list[str] | None):
+    """The frozen-CLIP Vita model for ``opts`` (``num_frames`` = T_train; ``opts.vita`` = VitaConfig keys)."""
+    from clipvip.model.vita import build_vita_model
+
+    try:
+        return build_vita_model(init, class_names=class_names, vita={**opts.vita, "num_frames": opts.num_frames})
+    except ValueError as exc:
+        raise UserError(f"--init {init}: {exc}") from None
+
+
+class RetrievalTask:
+    name = "retrieval"
+    local_loss = False  # the contrastive losses gather features: every rank computes the global loss
+
+    def build_model(self, t) -> None:
+        from clipvip.model import CLIPViPModel
+
+        opts, args = t.opts, t.args
+        if opts.video_encoder == "vita":
+            t.model = build_vita(args.init, opts, None)
+        else:
+            loaded = CLIPViPModel.from_pretrained(args.init, video_encoder=opts.video_encoder,
+                                                  temporal_init_std=opts.temporal_init_std)
+            t.model = loaded[0] if isinstance(loaded, tuple) else loaded
+        t.tokenizer = load_tokenizer(args.init)
+
+    def build_data(self, t):
+        from clipvip.data import FrameIndex
+        from clipvip.data.annotations import read_annotations, read_captions
+        from clipvip.data.datasets import FinetuneDataset, PretrainDataset
+        from clipvip.data.text import TokenizingCollator
+
+        opts, args = t.opts, t.args
+        anns = read_annotations(args.annotations, text_mode=opts.text_mode)
+        index = FrameIndex(args.frames_index)
+        if args.stage == "finetune":
+            dataset = FinetuneDataset(index, anns, opts.num_frames, t.image_size, train=True, seed=opts.seed)
+        else:
+            from clipvip.registry import LOSSES
+
+            captions = read_captions(args.captions) if args.captions else None
+            # Missing captions beyond max_missing_captions stop the run (never a silent subtitle fallback).
+            dataset = PretrainDataset(index, anns, captions, opts.num_frames, t.image_size, seed=opts.seed,
+                                      max_missing_captions=opts.max_missing_captions,
+                                      captions_source=" ".join(map(str, args.captions)) or None,
+                                      needs_captions="C" in LOSSES.get(opts.loss).keys)
+        val = None
+        if args.val_annotations:
+            val = dict(frame_index=FrameIndex(args.val_frames_index or args.frames_index),
+                       annotations=read_annotations(args.val_annotations, text_mode=opts.text_mode))
+        return dataset, TokenizingCollator(t.tokenizer, opts.max_text_len), val
+
+    def step_module(self, t):
+        from clipvip.trainer.step import ContrastiveStep
+
+        return ContrastiveStep(t.model, t.opts.loss, dedup_texts=t.opts.dedup_texts)
+
+    def param_groups(self, t) -> list[dict]:
+        opts = t.opts
+        if opts.video_encoder == "vita":
+            from clipvip.model.vita import vita_param_groups
+
+            return vita_param_groups(t.model, lr=opts.lr, weight_decay=opts.weight_decay)
+        return t.model.param_groups(weight_decay=opts.weight_decay, lr=opts.lr,
+                                    temporal_lr_mult=opts.temporal_lr_mult)
+
+    def evaluate(self, t) -> dict:
+        from clipvip.retrieval import evaluate_model
+
+        opts = t.opts
+        return evaluate_model(t.model, t.tokenizer, t.val["frame_index"], t.val["annotations"],
+                              num_frames=opts.num_frames, max_text_len=opts.max_text_len,
+                              batch_size=opts.eval_batch_size, device=t.device, image_size=t.image_size,
+                              num_workers=t.plan.eval_workers, progress=False)
+
+    def export_files(self, t) -> dict[str, str]:
+        return {}
+
+
+class RecognitionTask(RetrievalTask):
+    name = "recognition"
+    local_loss = True
+
+    def build_model(self, t) -> None:
+        from clipvip.data.recognition import read_class_list
+
+        t.class_names = read_class_list(t.args.class_list)
+        t.model = build_vita(t.args.init, t.opts, t.class_names)
+        t.tokenizer = load_tokenizer(t.args.init)
+
+    def _dataset(self, t, index, anns, train: bool):
+        from clipvip.data.recognition import RecognitionDataset
+
+        opts = t.opts
+        return RecognitionDataset(index, anns, opts.num_frames, t.image_size, train=train,
+                                  num_views=1 if train else opts.eval_views, sampling=opts.sampling,
+                                  sampling_rate=opts.sampling_rate, seed=opts.seed)
+
+    def build_data(self, t):
+        from clipvip.data import FrameIndex
+        from clipvip.data.recognition import collate_recognition, read_recognition_annotations
+
+        args = t.args
+        index = FrameIndex(args.frames_index)
+        dataset = self._dataset(t, index, read_recognition_annotations(args.annotations, t.class_names), True)
+        val = None
+        if args.val_annotations:
+            val_index = FrameIndex(args.val_frames_index) if args.val_frames_index else index
+            val_anns = read_recognition_annotations(args.val_annotations, t.class_names)
+            val = dict(dataset=self._dataset(t, val_index, val_anns, False))
+        return dataset, collate_recognition, val
+
+    def step_module(self, t):
+        from clipvip.recognition import RecognitionStep
+
+        return RecognitionStep(t.model, t.tokenizer, t.class_names, loss_name=t.opts.loss)
+
+    def evaluate(self, t) -> dict:
+        from clipvip.recognition import evaluate_recognition
+
+        return evaluate_recognition(t.model, t.tokenizer, t.val["dataset"], t.class_names,
+                                    batch_size=t.opts.eval_batch_size, device=t.device,
+                                    num_workers=t.plan.eval_workers, zero_shot=False, progress=False)
+
+    def export_files(self, t) -> dict[str, str]:
+        return {"classes.txt": "".join(f"{name}\n" for name in t.class_names)}
+
+
+TASKS = {"retrieval": RetrievalTask, "recognition": RecognitionTask}
+
+
+def make_task(name: str):
+    return TASKS[name]()

@@ -1,0 +1,283 @@
+"""VideoCLIP in the workflow (issues 14 + 15, phase 2): fixed-rate frame pool, `clipvip features`, training."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+
+from clipvip.data.feature_store import FeatureIndex, FeatureStore, IncompleteFeatureStoreError
+from clipvip.data.frame_store import FrameStore
+from clipvip.frames.extract import FrameOptions, extract_shard, fixed_rate_pool
+from clipvip.stage import OptionError
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _copy(folder: Path, videos: dict) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    for clip_id, src in videos.items():
+        shutil.copy(src, folder / f"{clip_id}{src.suffix}")
+    return folder
+
+
+@pytest.fixture(scope="module")
+def tiny_clip(tmp_path_factory):
+    from clipvip.model.tiny import build_tiny_clip
+
+    return build_tiny_clip(tmp_path_factory.mktemp("clip") / "clip", image_size=32, patch_size=16,
+                           hidden_size=32, projection_dim=24)
+
+
+# ------------------------------------------------------------------------------------------ fixed-rate pool
+def test_fixed_rate_pool_grid():
+    idx, times = fixed_rate_pool(40, 8.0, 2.0)                 # 5 s at 8 fps, 2 fps grid: 0.25, 0.75, ...
+    assert idx.tolist() == [2, 6, 10, 14, 18, 22, 26, 30, 34, 38]
+    np.testing.assert_allclose(times, idx / 8.0)
+    idx, _ = fixed_rate_pool(10, 2.0, 3.0)                     # pool faster than the video: distinct frames
+    assert len(idx) == len(set(idx.tolist())) == 10
+    with pytest.raises(OptionError, match="pool_fps"):
+        FrameOptions.from_dict({"pool_fps": 0})
+
+
+def test_fixed_rate_pool_store_timestamps_and_affordability(make_video, tmp_path, monkeypatch):
+    import clipvip.video_io as video_io
+
+    long = make_video(num_frames=600, width=64, height=48, fps=25, name="long24s", gop=250)  # 24 s
+    short = make_video(num_frames=40, width=96, height=64, fps=8)
+    videos = _copy(tmp_path / "videos", {"long": long, "short": short})
+    ids = ["long", "short"]
+    picked = {}
+    real = video_io.decode_frames
+
+    def spy(path, pick, threads=1):
+        out = real(path, pick, threads=threads)
+        picked[Path(path).stem] = (out.num_frames, len(out.indices), out.decoder)
+        return out
+
+    monkeypatch.setattr("clipvip.frames.extract.decode_frames", spy)
+    result = extract_shard(videos, ids, tmp_path / "00000.h5", {"pool_fps": 2, "num_frames": 4, "short_side": 0})
+    assert result.stored == 2 and not result.failures
+    n, decoded, decoder = picked["long"]
+    assert n == 600 and decoder == "decord"
+    assert decoded <= 48 + 4 + 1 and decoded < n / 10          # 2 fps x 24 s (+ uniform, middle) << 600
+    store = FrameStore(tmp_path / "00000.h5")
+    assert store.settings["pool_fps"] == 2.0
+    meta = store.meta("long")
+    frames, indices = store.pool("long")
+    times = np.asarray(meta["pool_times"])
+    assert len(times) == len(indices) == len(frames) == 48
+    np.testing.assert_allclose(times, indices / 25.0)
+    assert np.all(np.diff(times) > 0) and times[0] < 0.5 and times[-1] > 23.5
+    # grid positions (k + 0.5) / 2 s are each within one frame of a stored frame
+    grid = (np.arange(48) + 0.5) / 2
+    assert np.max(np.abs(grid - times)) <= 1 / 25 + 1e-9
+    # the stored frames are the decoded frames at those indices (frame-number bar code)
+    from tests.conftest import synthetic_frames
+
+    expected = synthetic_frames(600, 48, 64)[indices[:5]]
+    assert np.abs(frames[:5].astype(float) - expected.astype(float)).mean() < 4
+    # the fixed-count pool is unchanged and has no times
+    extract_shard(videos, ids, tmp_path / "00001.h5", {"num_frames": 4})
+    assert FrameStore(tmp_path / "00001.h5").meta("short")["pool_times"] is None
+    assert "pool_fps" not in FrameStore(tmp_path / "00001.h5").settings
+
+
+# ------------------------------------------------------------------------------------------ features stage
+def test_features_store_contract_and_bad_inputs(make_video, tmp_path, tiny_clip):
+    from clipvip.features import FeatureOptions, extract_features_shard
+
+    good = make_video(num_frames=40, width=96, height=64, fps=8)               # 5 s
+    videos = _copy(tmp_path / "videos", {"a": good, "b": good})
+    (videos / "empty.mp4").write_bytes(b"")
+    (videos / "junk.mp4").write_bytes(b"\x00\x00\x00\x18ftypisom" + os.urandom(200))
+    ids = ["a", "b", "empty", "junk", "absent"]
+    opts = {"extractor": "clip", "model": str(tiny_clip), "device": "cpu", "max_failure_fraction": 0.7}
+    result = extract_features_shard(videos, ids, tmp_path / "f" / "00000.h5", opts)
+    assert result.stored == 2
+    reasons = {c: r for c, r, _ in result.failures}
+    assert reasons["empty"] == "empty" and reasons["absent"] == "missing" and reasons["junk"] in (
+        "corrupt", "truncated")
+    from clipvip.data.manifest import read_failures
+
+    manifest = read_failures(tmp_path / "f" / "00000.failures.tsv")
+    assert sorted(manifest.clip_id) == ["absent", "empty", "junk"]
+    store = FeatureStore(tmp_path / "f" / "00000.h5")
+    feats = store.features("a")
+    assert feats.shape == (5, 24) and feats.dtype == np.float16
+    np.testing.assert_allclose(np.linalg.norm(feats.astype(np.float32), axis=1), 1, atol=3e-3)
+    assert store.meta("a")["source"] == "video" and store.meta("a")["seconds"] == 5
+    # too many failures: manifest written, no store
+    strict = dict(opts, max_failure_fraction=0.1)
+    result = extract_features_shard(videos, ids, tmp_path / "g" / "00000.h5", strict)
+    assert result.store_path is None and not (tmp_path / "g" / "00000.h5").exists()
+    assert (tmp_path / "g" / "00000.failures.tsv").exists()
+    assert not list((tmp_path / "g").glob("*.tmp-*"))
+    with pytest.raises(OptionError, match="model"):
+        FeatureOptions.from_dict({"extractor": "clip"})
+    with pytest.raises(OptionError, match="weights"):
+        FeatureOptions.from_dict({"extractor": "s3d"})
+    with pytest.raises(OptionError, match="extractor"):
+        FeatureOptions.from_dict({"extractor": "nope", "model": "x"})
+
+
+def test_features_kill_mid_write_leaves_no_store(make_video, tmp_path, tiny_clip):
+    good = make_video(num_frames=40, width=96, height=64, fps=8)
+    videos = _copy(tmp_path / "videos", {f"v{i:02d}": good for i in range(40)})
+    (tmp_path / "ids.txt").write_text("".join(f"v{i:02d}\n" for i in range(40)))
+    out = tmp_path / "f" / "00000.h5"
+    opts = json.dumps({"extractor": "clip", "model": str(tiny_clip), "device": "cpu"})
+    proc = subprocess.Popen([sys.executable, "-m", "clipvip", "features", "--video-dir", str(videos), "--ids",
+                             str(tmp_path / "ids.txt"), "--out", str(out), "--options", opts],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    deadline = time.time() + 120
+    while time.time() < deadline and not list(out.parent.glob("*.tmp-*")):
+        time.sleep(0.05)
+    assert list(out.parent.glob("*.tmp-*")), proc.communicate()
+    time.sleep(0.3)
+    proc.send_signal(signal.SIGTERM)
+    proc.wait(60)
+    assert not out.exists() and not list(out.parent.glob("*.tmp-*"))
+    # a half-written file is refused by the reader
+    with h5py.File(tmp_path / "half.h5", "w") as fh:
+        fh.attrs["complete"] = False
+    with pytest.raises(IncompleteFeatureStoreError):
+        FeatureStore(tmp_path / "half.h5").ids()
+
+
+def test_clipvip_features_end_to_end_from_pool_and_from_video(make_video, tmp_path, tiny_clip):
+    vid = make_video(num_frames=48, width=96, height=64, fps=8, seed=3)       # 6 s
+    videos = _copy(tmp_path / "videos", {"x": vid, "y": make_video(num_frames=40, width=96, height=64, fps=8)})
+    ids = tmp_path / "ids.txt"
+    ids.write_text("x\ny\n")
+    frames = tmp_path / "frames" / "00000.h5"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    run = [sys.executable, "-m", "clipvip"]
+    subprocess.run(run + ["frames", "--video-dir", str(videos), "--ids", str(ids), "--out", str(frames),
+                          "--options", json.dumps({"pool_fps": 1, "num_frames": 4, "short_side": 0})],
+                   check=True, env=env)
+    opts = json.dumps({"extractor": "clip", "model": str(tiny_clip), "device": "cpu"})
+    for name, extra in (("pool", ["--frames", str(frames)]), ("video", [])):
+        proc = subprocess.run(run + ["features", "--video-dir", str(videos), "--ids", str(ids), "--out",
+                                     str(tmp_path / name / "00000.h5"), "--options", opts, *extra],
+                              capture_output=True, text=True, env=env)
+        assert proc.returncode == 0, proc.stderr
+    pool, video = FeatureIndex(tmp_path / "pool"), FeatureIndex(tmp_path / "video")
+    assert pool.ids() == video.ids() == ["x", "y"] and pool.dim == 24
+    assert pool.meta("x")["source"] == "frames" and video.meta("x")["source"] == "video"
+    assert pool.features("x").shape == video.features("x").shape == (6, 24)
+    # same frames (a 1-fps pool holds each second's middle frame, as the decoder picks) up to JPEG: nearly equal features
+    a, b = pool.features("x").astype(np.float32), video.features("x").astype(np.float32)
+    assert np.min(np.sum(a * b, axis=1)) > 0.98
+    # a bad option is one line, exit 2
+    proc = subprocess.run(run + ["features", "--video-dir", str(videos), "--ids", str(ids), "--out",
+                                 str(tmp_path / "z.h5"), "--options", '{"extractor": "clip"}'],
+                          capture_output=True, text=True, env=env)
+    assert proc.returncode == 2 and "model" in proc.stderr and "Traceback" not in proc.stderr
+
+
+# ------------------------------------------------------------------------------------------ VideoCLIP training
+WORDS = ["cut", "the", "onion", "stir", "pan", "add", "salt", "pour", "water", "mix", "bowl", "red", "circle",
+         "moves", "left", "square", "right", "fast", "slow", "now"]
+
+
+def write_feature_shard(path: Path, clips: dict, dim: int) -> Path:
+    """A feature shard in the `clipvip features` format (synthetic features: training tests need no video)."""
+    from clipvip.data.feature_store import FEATURE_FORMAT
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with h5py.File(path, "w") as fh:
+        fh.attrs.update({"format": FEATURE_FORMAT, "dim": dim, "extractor": "synthetic", "complete": True})
+        group = fh.create_group("clips")
+        for clip_id, feats in clips.items():
+            ds = group.create_dataset(clip_id, data=feats.astype(np.float16))
+            ds.attrs.update({"duration": float(len(feats)), "seconds": len(feats), "source": "synthetic"})
+    return path
+
+
+@pytest.fixture(scope="module")
+def videoclip_data(tmp_path_factory):
+    from clipvip.data.feature_store import write_index
+    from clipvip.model.videoclip import build_tiny_bert
+
+    root = tmp_path_factory.mktemp("vclip")
+    rng = np.random.default_rng(0)
+    clips, subs = {}, []
+    for v in range(8):
+        seconds = int(rng.integers(20, 40))
+        clips[f"vid{v}"] = rng.standard_normal((seconds, 16))
+        lines, t = [], 0.0
+        while t < seconds - 2:
+            end = min(seconds, t + float(rng.uniform(1.5, 4)))
+            lines.append({"start": round(t, 2), "end": round(end, 2),
+                          "text": " ".join(rng.choice(WORDS, int(rng.integers(2, 6))))})
+            t = end + float(rng.uniform(0, 1))
+        subs.append({"clip_id": f"vid{v}", "subtitles": lines})
+    shard = write_feature_shard(root / "features" / "00000.h5", clips, 16)
+    write_index([shard], root / "features" / "index.json")
+    (root / "subs.jsonl").write_text("".join(json.dumps(s) + "\n" for s in subs))
+    bert = build_tiny_bert(root / "bert", corpus=[" ".join(WORDS)] * 4)
+    return {"features": root / "features" / "index.json", "subs": root / "subs.jsonl", "bert": bert}
+
+
+VC_BASE = {"method": "videoclip", "max_steps": 2, "batch_size": 8, "clips_per_video": 4, "num_workers": 0,
+           "warmup_steps": 1, "checkpoint_every": 1, "zero_stage": 0, "num_video_layers": 1, "lr": 1e-3}
+
+
+def vc_train(data, run: Path, options: dict, timeout: int = 400) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, "-m", "clipvip", "train", "--stage", "pretrain", "--frames-index", str(data["features"]),
+           "--features-index", str(data["features"]), "--annotations", str(data["subs"]), "--init",
+           str(data["bert"]), "--out", str(run / "out"), "--checkpoint-dir", str(run / "ckpt"),
+           "--options", json.dumps(options)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=timeout)
+
+
+def vc_losses(run: Path) -> list[float]:
+    lines = [json.loads(x) for x in (run / "out" / "metrics.jsonl").read_text().splitlines() if x.strip()]
+    return [r["loss"] for r in lines if "event" not in r]
+
+
+def test_videoclip_options_defaults_and_refusals():
+    from clipvip.trainer.options import TrainOptions
+
+    opts = TrainOptions.from_dict({"method": "videoclip"}, "pretrain")
+    assert (opts.loss, opts.lr, opts.betas, opts.grad_clip, opts.batch_size, opts.warmup_steps) == (
+        "videoclip", 5e-5, [0.9, 0.98], 2.0, 512, 1000)
+    assert opts.group_size == opts.clips_per_video == 16 and opts.pair_sampling == "overlapped"
+    assert TrainOptions.from_dict({}, "pretrain").method == "clipvip"
+    with pytest.raises(OptionError, match="loss"):
+        TrainOptions.from_dict({"method": "videoclip", "loss": "vs"}, "pretrain")
+    with pytest.raises(OptionError, match="batching"):
+        TrainOptions.from_dict({"method": "videoclip", "batching": "retrieval"}, "pretrain")
+
+
+def test_videoclip_two_step_training_export_and_resume(videoclip_data, tmp_path):
+    from clipvip.model.videoclip import VideoCLIPModel
+
+    run = tmp_path / "run"
+    proc = vc_train(videoclip_data, run, VC_BASE)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    losses = vc_losses(run)
+    assert len(losses) == 2 and all(np.isfinite(losses))
+    ds = json.loads((run / "out" / "deepspeed_config.json").read_text())
+    assert ds["optimizer"]["type"] == "Adam" and ds["scheduler"]["type"] == "WarmupDecayLR"
+    assert ds["gradient_clipping"] == 2.0
+    model = VideoCLIPModel.from_pretrained(run / "out" / "model")
+    assert model.feature_dim == 16 and model.num_video_layers == 1
+    from clipvip.videoclip_eval import is_videoclip_folder
+
+    assert is_videoclip_folder(run / "out" / "model")
+    # resume: two more steps from the step-2 checkpoint equal a 4-step run's last two losses
+    full = tmp_path / "full"
+    assert vc_train(videoclip_data, full, dict(VC_BASE, max_steps=4)).returncode == 0
+    proc = vc_train(videoclip_data, run, dict(VC_BASE, max_steps=4))
+    assert proc.returncode == 0, proc.stderr[-4000:]
