@@ -28,6 +28,7 @@ STAGES: dict[str, tuple[str, str]] = {
     "train": ("clipvip.train:main", "post-pretrain or fine-tune under DeepSpeed"),
     "evaluate": ("clipvip.evaluate:main", "text<->video retrieval metrics for a model on a dataset split"),
     "tables": ("clipvip.tables:main", "aggregate metrics into CSV/Markdown tables and plots"),
+    "demo-claims": ("clipvip.demo_claims:main", "the demo's claims table (what the demo shows, pass/fail)"),
     "evaluate-recognition": ("clipvip.evaluate_recognition:main", "action-recognition top-1/top-5 (supervised or zero-shot)"),
     "recognition-tables": ("clipvip.recognition_tables:main", "aggregate recognition metrics into CSV/Markdown tables"),
     "convert-vita": ("clipvip.model.vita_official:main", "turn the released Vita-CLIP .pth into a model folder"),

@@ -131,7 +131,9 @@ def _check_references(config: dict) -> None:
         # Default: fine-tune on every dataset with a train split except the pre-training corpus, so presets
         # for several datasets combine without each replacing the others' list.
         skip = pretrain.get("dataset") if pretrain.get("enabled") else None
-        finetune["datasets"] = [n for n, ds in datasets.items() if n != skip and "train" in ds["annotations"]]
+        # Recognition datasets (label lines, no text) are never retrieval fine-tuning data.
+        finetune["datasets"] = [n for n, ds in datasets.items() if n != skip and "train" in ds["annotations"]
+                                and ds.get("task") != "recognition"]
     for name in finetune.get("datasets", []):
         if name not in datasets:
             raise ConfigError(

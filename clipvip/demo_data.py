@@ -30,10 +30,14 @@ Datasets (ids ``pt_00000``, ``msr_00000``, ``dd_00000``):
                    {"clip_id", "label"}; demo_actions_classes.txt / demo_actions_unseen_classes.txt (one class
                    per line). ``clip_ids(options, "demo_actions_unseen")`` gives the held-out clips' ids.
 
+Still images (``still_specs``, ``render_still``, ``still_caption``: "a small red square in the top left",
+``still_short_caption``: "a red square"): the image-text corpus the demo's tiny CLIP and captioner are
+pre-trained on (``clipvip tiny-models``), drawn like the video frames; generated on the fly, not written.
+
 Options (``DemoOptions``): seed 0, frame_size 64 (square px, even), num_frames 32, fps 8, crf 0 (x264
 quality; 0 = lossless, so decoded frames are reproducible bit for bit: libx264's output bytes can differ
 between runs inside one process, its lossless decode cannot), pretrain_clips 256, msrvtt_clips {train 128, val 32, test 32}, didemo_clips {train 96, val 32,
-test 32}, actions_clips {} (e.g. {train 144, val 36, test 72, unseen 36}), workers 2 (processes encoding videos; output does not depend on it).
+test 32} (the demo's config.yaml: val 128, test 256), actions_clips {} (e.g. {train 144, val 36, test 72, unseen 36}), workers 2 (processes encoding videos; output does not depend on it).
 
 Writes are atomic: everything goes to ``--out/.demo-tmp-<pid>/`` first, then ``videos/`` and
 ``annotations/`` are swapped in and ``DONE.json`` is written last, so a killed run never looks complete.

@@ -156,6 +156,11 @@ def run(model_dir: str, frames_index: str, annotations: str, out: str, row: dict
 
 @stage_main("evaluate")
 def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if "--task=recognition" in argv or any(a == "--task" and b == "recognition" for a, b in zip(argv, argv[1:])):
+        from clipvip.evaluate_recognition import main as recognition_main  # top-1/top-5, Vita-CLIP and zero-shot
+
+        return recognition_main(argv)
     parser = argparse.ArgumentParser(prog="clipvip evaluate", description=__doc__.splitlines()[0],
                                      epilog="options:\n" + EvaluateOptions.help_text(),
                                      formatter_class=argparse.RawDescriptionHelpFormatter)

@@ -273,11 +273,10 @@ def check_config(config: dict) -> None:
 
     rec = section(config)
     datasets = config["datasets"]
-    # Recognition datasets are never retrieval fine-tuning data (label lines have no text); the finetune default
-    # (every dataset with a train split) would include them.
-    finetune = config.get("finetune") or {}
-    if "datasets" in finetune:
-        finetune["datasets"] = [d for d in finetune["datasets"] if datasets.get(d, {}).get("task") != "recognition"]
+    for i, name in enumerate((config.get("finetune") or {}).get("datasets") or []):
+        if datasets.get(name, {}).get("task") == "recognition":
+            raise OptionError(f"finetune.datasets.{i}", f"{name!r} is a recognition dataset (label lines, no "
+                              "text): list it under recognition.datasets")
     for name, ds in datasets.items():
         if ds.get("task") == "recognition" and not ds.get("classes"):
             raise OptionError(f"datasets.{name}.classes", "required for a recognition dataset (task: recognition)")

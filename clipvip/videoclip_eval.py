@@ -97,3 +97,20 @@ def evaluate_videoclip(model, tokenizer, feature_index, annotations: list[dict],
         metrics = {k: v for k, v in metrics.items() if not k.endswith("_dsl")}
     return {**metrics, "num_queries": len(texts), "num_videos": len(records), "missing_clips": len(missing),
             "missing_ids": [r["clip_id"] for r in missing], "protocol": f"first {max_video_len} s of features"}
+
+
+def evaluate_videoclip_folder(model_dir, features_index, annotations: list[dict], batch_size: int = 64,
+                              device: str = "auto", dsl: bool = True, v2t_dsl: str = "transpose",
+                              max_text_len: int = 63) -> dict:
+    """Load a VideoCLIP folder (``is_videoclip_folder``) and a feature index, then ``evaluate_videoclip``
+    (what ``clipvip evaluate`` runs for such a folder; ``--frames-index`` then names the feature index)."""
+    from transformers import AutoTokenizer
+
+    from clipvip.data.feature_store import FeatureIndex
+    from clipvip.model.videoclip import VideoCLIPModel
+
+    device = resolve_device(str(device))
+    model = VideoCLIPModel.from_pretrained(model_dir).to(device)
+    tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
+    return evaluate_videoclip(model, tokenizer, FeatureIndex(features_index), annotations, batch_size=batch_size,
+                              device=device, dsl=dsl, v2t_dsl=v2t_dsl, max_text_len=max_text_len)

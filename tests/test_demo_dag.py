@@ -24,7 +24,9 @@ def fast_overlay(results: Path, **finetune_per_dataset) -> dict:
     return {
         "results": str(results),
         "demo": {"corpus": {"pretrain_clips": 32, "msrvtt_clips": {"train": 16, "val": 8, "test": 8},
-                            "didemo_clips": {"train": 16, "val": 8, "test": 8}}},
+                            "didemo_clips": {"train": 16, "val": 8, "test": 8}},
+                 "tiny_models": {"train": {"clip_steps": 3, "clip_batch_size": 16, "captioner_steps": 3,
+                                           "captioner_batch_size": 8}}},
         "frames": {"shard_size": 16},
         "captions": {"batch_size": 8},
         "pretrain": {"options": {"max_steps": 4, "batch_size": 8, "checkpoint_every": 100}},
@@ -60,10 +62,16 @@ def test_every_stage_ran_and_the_table_has_each_row(demo_run):
     results, _ = demo_run
     table = pd.read_csv(results / "tables/retrieval.csv")
     assert len(table) >= 3  # zero-shot CLIP, zero-shot post-pretrained, fine-tuned
-    for name in ["retrieval.md", "loss_curves.png", "recall_at_k.png"]:
+    for name in ["retrieval.md", "loss_curves.png", "recall_at_k.png", "demo_claims.md", "demo_claims.csv"]:
         assert (results / "tables" / name).stat().st_size > 0
     metrics = json.loads((results / "eval/finetuned-vip-vsc_fc/demo_msrvtt/test.json").read_text())
     assert metrics["num_videos"] == 8 and 0 <= metrics["t2v"]["R1"] <= 100
+    assert 0 <= metrics["order_acc"] <= 100 and "demo_msrvtt order_acc" in table.columns
+    claims = pd.read_csv(results / "tables/demo_claims.csv")
+    assert list(claims["id"]) == ["a", "b", "c", "d", "e"] and set(claims["holds"]) <= {"pass", "FAIL", "n/a"}
+    # the image-text pre-training of the tiny CLIP and captioner ran (a few steps at CI size)
+    log = json.loads((results / "pretrained/pretrain_log.json").read_text())
+    assert len(log["clip_loss"]) >= 1 and len(log["captioner_loss"]) >= 1
     assert (results / "runs/finetune/vip-vsc_fc/demo_msrvtt/model/config.json").exists()
     for shard in (results / "frames/demo_msrvtt").glob("*.h5"):
         assert shard.with_suffix(".failures.tsv").exists()
@@ -77,7 +85,7 @@ def test_changing_one_datasets_finetune_setting_reruns_only_its_chain(demo_run):
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     jobs = planned_jobs(proc.stdout)
     # the dataset's retrieval gallery shows the fine-tuned model, so it follows (the domain gap does not)
-    assert jobs == {"finetune": 1, "evaluate": 1, "tables": 1, "gallery": 1, "all": 1}, jobs
+    assert jobs == {"finetune": 1, "evaluate": 1, "demo_claims": 1, "tables": 1, "gallery": 1, "all": 1}, jobs
     assert "ds=demo_didemo" in proc.stdout and "ds=demo_msrvtt" not in proc.stdout
 
     untouched = results / "runs/finetune/vip-vsc_fc/demo_msrvtt/metrics.jsonl"

@@ -14,8 +14,9 @@ import av
 import numpy as np
 import pytest
 
-from clipvip.demo_data import (DATASETS, DIRECTIONS, DemoOptions, annotation_files, clip_ids, clip_specs, main,
-                               render_clip, reverse_motions)
+from clipvip.demo_data import (COLOURS, DATASETS, DIRECTIONS, MISHEARD, DemoOptions, annotation_files,
+                               annotation_lines, clip_ids, clip_specs, main, render_clip, render_still,
+                               reverse_motions, still_caption, still_short_caption, still_specs)
 
 REPO = Path(__file__).resolve().parents[1]
 SMALL = {"seed": 3, "pretrain_clips": 12, "msrvtt_clips": {"train": 6, "val": 2, "test": 2},
@@ -135,14 +136,49 @@ def test_captions_state_colour_shape_and_motions_in_order(corpus):
             assert line["text"][0].startswith(f"the {m['colour']} {m['shape']} moves ")
             assert [directions_in(s) for s in line["text"]] == [[d] for d in m["motions"]]
     subtitles = read_jsonl(corpus / "annotations/demo_pretrain_train.jsonl")
-    mentioning = [s for s in subtitles if directions_in(s["text"]) == meta[s["clip_id"]]["motions"]]
-    assert len(mentioning) >= len(subtitles) // 2
     assert all(s["text"] == s["text"].lower() and "." not in s["text"] for s in subtitles)
+
+
+def test_subtitles_behave_like_asr():
+    """Partly about the clip, partly unrelated; misheard words and wrong colours/shapes (statistics over 600)."""
+    lines, meta = annotation_lines(DemoOptions.from_dict({"pretrain_clips": 600}), "demo_pretrain")
+    meta = {m["clip_id"]: m for m in meta}
+    subtitles = lines["train"]
+    motion_right = [s for s in subtitles if directions_in(s["text"]) == meta[s["clip_id"]]["motions"]]
+    assert 0.3 * len(subtitles) <= len(motion_right) <= 0.75 * len(subtitles)  # often, not always, the motion
+    right_colour = [s for s in subtitles if meta[s["clip_id"]]["colour"] in s["text"].split()]
+    assert 0.2 * len(subtitles) <= len(right_colour) <= 0.6 * len(subtitles)
+    other_colours = [s for s in subtitles if any(c in s["text"].split() for c in COLOURS
+                                                 if c != meta[s["clip_id"]]["colour"] and c != "white")]
+    assert len(other_colours) >= 0.05 * len(subtitles)  # the speaker names the wrong colour
+    misheard = {w for words in MISHEARD.values() for w in words if " " not in w}
+    assert sum(any(w in misheard for w in s["text"].split()) for s in subtitles) >= 0.15 * len(subtitles)
+    assert all(s["text"] == s["text"].lower() and "." not in s["text"] for s in subtitles)
+
+
+def test_still_images_and_their_captions():
+    rng = np.random.default_rng(0)
+    specs = still_specs(rng, 50)
+    for spec in specs:
+        image = render_still(spec, 64)
+        assert image.shape == (64, 64, 3) and image.dtype == np.uint8
+        coloured = (image == np.array(COLOURS[spec["colour"]], np.uint8)).all(-1)
+        assert coloured.sum() > 20  # the shape is drawn, inside the frame
+        ys, xs = np.nonzero(coloured)
+        # its bounding box's centre is left of / at / right of the frame's centre as the cell says
+        for centre, cell in (((xs.min() + xs.max() + 1) / 2, spec["column"]), ((ys.min() + ys.max() + 1) / 2, spec["row"])):
+            assert {0: centre < 30, 1: 26 < centre < 38, 2: centre > 34}[cell], (spec, centre)
+        caption = still_caption(spec)
+        assert caption.startswith(f"a {spec['size']} {spec['colour']} {spec['shape']} ")
+        assert still_short_caption(spec) == f"a {spec['colour']} {spec['shape']}"
+    assert still_caption({"size": "small", "colour": "red", "shape": "square", "row": 0, "column": 0}) == \
+        "a small red square in the top left"
 
 
 def test_bad_options_are_rejected_with_the_key_named(tmp_path, capsys):
     assert main(["--out", str(tmp_path), "--options", '{"frames": 3}']) == 2
-    assert "unknown keys ['frames']" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "frames" in err and "unknown option" in err
     assert main(["--out", str(tmp_path), "--options", '{"frame_size": 63}']) == 2
     assert "frame_size" in capsys.readouterr().err
     assert not (tmp_path / "DONE.json").exists()

@@ -347,10 +347,10 @@ def test_frames_index_refuses_incomplete_or_overlapping_shards(tmp_path, make_vi
     extract_shard(folder, ["c0"], tmp_path / "00000.h5", progress=False)
     extract_shard(folder, ["c0"], tmp_path / "00001.h5", progress=False)
     assert index_main(["--shards", str(tmp_path / "00000.h5"), str(tmp_path / "00001.h5"),
-                       "--out", str(tmp_path / "index.json")]) == 1
+                       "--out", str(tmp_path / "index.json")]) == 2
     assert "'c0' is in both" in capsys.readouterr().err
     with h5py.File(tmp_path / "00001.h5", "a") as handle:
         handle.attrs["complete"] = False
-    assert index_main(["--shards", str(tmp_path / "00001.h5"), "--out", str(tmp_path / "index.json")]) == 1
+    assert index_main(["--shards", str(tmp_path / "00001.h5"), "--out", str(tmp_path / "index.json")]) == 2
     assert "complete=True" in capsys.readouterr().err
     assert not (tmp_path / "index.json").exists()

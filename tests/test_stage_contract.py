@@ -178,10 +178,9 @@ def test_stage_cli_rejects_unknown_option_with_one_line(tmp_path):
                            "--out", str(tmp_path / "o.json"), "--options", '{"batchsize": 4}'],
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2
-    assert proc.stderr.strip().splitlines() == [
-        "clipvip evaluate: error: --options.batchsize: unknown option of `clipvip evaluate`; did you mean "
-        "batch_size? (valid: batch_size, device, dsl, image_size, max_missing_fraction, max_text_len, num_frames, "
-        "num_workers, text_mode, v2t_dsl, video_encoder)"]
+    (line,) = proc.stderr.strip().splitlines()  # one line, no traceback
+    assert line.startswith("clipvip evaluate: error: --options.batchsize: unknown option of `clipvip evaluate`; "
+                           "did you mean batch_size? (valid: batch_size, device, ")
 
 
 def test_clipvip_without_arguments_is_a_usage_error():

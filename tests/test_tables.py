@@ -99,3 +99,68 @@ def test_no_train_logs_still_writes_the_plot(tmp_path, metric_files):
     out = tmp_path / "t"
     main(["--metrics", *metric_files[:2], "--out-dir", str(out)])
     assert (out / "loss_curves.png").stat().st_size > 1000
+
+
+def test_order_acc_is_a_column_in_every_table(metric_files, tmp_path):
+    # order_acc of row i on dataset d = 50 + 10 i + d; one evaluation without it (older JSON) shows "-"
+    for k, path in enumerate(metric_files):
+        data = json.loads(open(path).read())
+        if k != len(metric_files) - 1:
+            data["order_acc"] = 50.0 + 10 * (k // 2) + k % 2
+        open(path, "w").write(json.dumps(data))
+    out = tmp_path / "tables"
+    assert main(["--metrics", *metric_files, "--out-dir", str(out)]) == 0
+    wide = pd.read_csv(out / "retrieval.csv")
+    assert list(wide["demo_msrvtt order_acc"]) == [50.0, 60.0, 70.0]
+    assert list(wide["demo_didemo order_acc"][:2]) == [51.0, 61.0] and pd.isna(wide["demo_didemo order_acc"][2])
+    assert "order_acc" not in wide.columns[:4]  # not mistaken for a row-identity key
+    long = pd.read_csv(out / "retrieval_long.csv")
+    assert "order_acc" in long.columns
+    md = (out / "retrieval.md").read_text()
+    summary = md.split("## Summary", 1)[1].split("## demo_msrvtt", 1)[0]
+    assert "demo_msrvtt order_acc" in summary and "70.0" in summary
+    msrvtt = md.split("## demo_msrvtt", 1)[1].split("## demo_didemo", 1)[0]
+    header = [c.strip() for c in msrvtt.strip().splitlines()[0].split("|")]
+    assert "order_acc" in header and header.index("order_acc") < header.index("queries")
+    first_row = [c.strip() for c in msrvtt.strip().splitlines()[2].split("|")]
+    assert first_row[header.index("order_acc")] == "50.0"
+
+
+def _row(stage, encoder, loss, dataset, r1, order, base=False):
+    return {"method": "CLIP (zero-shot)" if base else "CLIP-ViP", "stage": stage, "encoder": encoder, "loss": loss,
+            "dataset": dataset, "split": "test", "num_videos": 256, "t2v": {"R1": r1}, "order_acc": order}
+
+
+def test_demo_claims_pass_and_fail_marks(tmp_path):
+    from clipvip.demo_claims import claims_from_rows, main as claims_main
+
+    rows = []
+    for ds in ("demo_msrvtt", "demo_didemo"):
+        rows += [_row("zero-shot", "meanpool", "-", ds, 6.0, 50.0, base=True),
+                 _row("zero-shot", "vip", "vs", ds, 10.0, 90.0), _row("zero-shot", "vip", "vsc_fc", ds, 14.0, 92.0),
+                 _row("zero-shot", "meanpool", "vs", ds, 8.0, 50.0),
+                 _row("zero-shot", "meanpool", "vsc_fc", ds, 9.0, 50.0),
+                 _row("fine-tuned", "vip", "vsc_fc", ds, 30.0, 97.0),
+                 _row("fine-tuned", "meanpool", "vsc_fc", ds, 20.0, 50.0)]
+    claims = claims_from_rows(rows)
+    assert [c["id"] for c in claims] == ["a", "b", "c", "d", "e"] and all(c["holds"] for c in claims)
+    assert claims[2]["margin"] == pytest.approx(4.0)  # zero-shot ViP 14 vs MeanPool 9, less the 1-point margin
+    # ViP order-blind after post-pretraining: (b) fails; MeanPool ahead fine-tuned on one set: (c) fails
+    rows[2]["order_acc"] = 60.0
+    rows[13]["t2v"]["R1"] = 31.0  # didemo fine-tuned MeanPool
+    claims = claims_from_rows(rows)
+    assert [c["holds"] for c in claims] == [True, False, False, True, True]
+    # a claim without its rows is n/a, not a pass
+    claims = claims_from_rows([r for r in rows if r["loss"] != "vs"])
+    assert claims[3]["holds"] is None
+    # the stage writes md + csv + json
+    paths = []
+    for k, row in enumerate(rows):
+        path = tmp_path / "eval" / f"{k}.json"
+        path.parent.mkdir(exist_ok=True)
+        path.write_text(json.dumps(row))
+        paths.append(str(path))
+    assert claims_main(["--metrics", *paths, "--out-dir", str(tmp_path / "t")]) == 0
+    table = pd.read_csv(tmp_path / "t" / "demo_claims.csv")
+    assert list(table["holds"]) == ["pass", "FAIL", "FAIL", "pass", "pass"]
+    assert "FAIL" in (tmp_path / "t" / "demo_claims.md").read_text()

@@ -225,6 +225,11 @@ def videoclip_data(tmp_path_factory):
     write_index([shard], root / "features" / "index.json")
     (root / "subs.jsonl").write_text("".join(json.dumps(s) + "\n" for s in subs))
     bert = build_tiny_bert(root / "bert", corpus=[" ".join(WORDS)] * 4)
+    # No dropout: a resumed run's dropout masks come from a fresh torch RNG (not checkpointed), which would make
+    # "resume equals uninterrupted" untestable; the data stream itself is a pure function of its position.
+    config = json.loads((bert / "config.json").read_text())
+    config.update(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+    (bert / "config.json").write_text(json.dumps(config))
     return {"features": root / "features" / "index.json", "subs": root / "subs.jsonl", "bert": bert}
 
 
@@ -270,14 +275,64 @@ def test_videoclip_two_step_training_export_and_resume(videoclip_data, tmp_path)
     assert len(losses) == 2 and all(np.isfinite(losses))
     ds = json.loads((run / "out" / "deepspeed_config.json").read_text())
     assert ds["optimizer"]["type"] == "Adam" and ds["scheduler"]["type"] == "WarmupDecayLR"
-    assert ds["gradient_clipping"] == 2.0
+    from clipvip.videoclip_eval import evaluate_videoclip_folder
+
+    anns = [{"clip_id": f"vid{v}", "texts": ["cut the onion"]} for v in range(8)]
+    result = evaluate_videoclip_folder(run / "out" / "model", videoclip_data["features"], anns, device="cpu")
+    assert result["num_videos"] == 8 and 0 <= result["t2v"]["R1"] <= 100
+    derived = json.loads((run / "out" / "config.json").read_text())["derived"]
+    assert 2.0 in (ds["gradient_clipping"], derived["manual_grad_clip"])  # ZeRO-0 fp32: the manual clip
     model = VideoCLIPModel.from_pretrained(run / "out" / "model")
     assert model.feature_dim == 16 and model.num_video_layers == 1
     from clipvip.videoclip_eval import is_videoclip_folder
 
     assert is_videoclip_folder(run / "out" / "model")
-    # resume: two more steps from the step-2 checkpoint equal a 4-step run's last two losses
+    # resume: a SIGTERM'd run (checkpoint at the next step, exit 75) rerun with the same options equals an
+    # uninterrupted run (the pairs are a pure function of [seed, epoch, video, draw] and the sampler position)
+    opts = dict(VC_BASE, max_steps=40, checkpoint_every=5, log_every=1)
     full = tmp_path / "full"
-    assert vc_train(videoclip_data, full, dict(VC_BASE, max_steps=4)).returncode == 0
-    proc = vc_train(videoclip_data, run, dict(VC_BASE, max_steps=4))
+    assert vc_train(videoclip_data, full, opts).returncode == 0
+    cut = tmp_path / "cut"
+    cmd = [sys.executable, "-m", "clipvip", "train", "--stage", "pretrain", "--frames-index",
+           str(videoclip_data["features"]), "--features-index", str(videoclip_data["features"]),
+           "--annotations", str(videoclip_data["subs"]), "--init", str(videoclip_data["bert"]), "--out", str(cut / "out"), "--checkpoint-dir", str(cut / "ckpt"),
+           "--options", json.dumps(opts)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    metrics = cut / "ckpt" / "metrics.jsonl"
+    deadline = time.time() + 300
+    while time.time() < deadline and not (metrics.exists() and metrics.read_text().count("\n") >= 2):
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 75, err[-3000:]
+    again = vc_train(videoclip_data, cut, opts)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "resumed from" in again.stdout + again.stderr
+    np.testing.assert_allclose(vc_losses(cut), vc_losses(full), rtol=0, atol=1e-5)
+
+
+def test_videoclip_two_ranks_equal_one_rank(videoclip_data, tmp_path):
+    """gloo, 2 ranks x 4 pairs vs 1 rank x 8: the loss gathers across ranks, so the losses agree."""
+    opts = dict(VC_BASE, max_steps=3)
+    one, two = tmp_path / "one", tmp_path / "two"
+    assert vc_train(videoclip_data, one, opts).returncode == 0
+    proc = vc_train(videoclip_data, two, dict(opts, launcher="local", nprocs=2), timeout=600)
     assert proc.returncode == 0, proc.stderr[-4000:]
+    np.testing.assert_allclose(vc_losses(two), vc_losses(one), rtol=0, atol=1e-4)
+
+
+def test_evaluate_videoclip_first_32_seconds_and_result_shape(videoclip_data):
+    from transformers import AutoTokenizer
+
+    from clipvip.model.videoclip import VideoCLIPModel
+    from clipvip.videoclip_eval import evaluate_videoclip
+
+    features = FeatureIndex(videoclip_data["features"])
+    model = VideoCLIPModel.from_pretrained(videoclip_data["bert"], feature_dim=16, num_video_layers=1)
+    tok = AutoTokenizer.from_pretrained(str(videoclip_data["bert"]))
+    anns = [{"clip_id": f"vid{v}", "texts": [f"cut the onion {v}"]} for v in range(8)] + [
+        {"clip_id": "absent", "texts": ["x"]}]
+    result = evaluate_videoclip(model, tok, features, anns, batch_size=3)
+    assert {"t2v", "v2t", "t2v_dsl", "v2t_dsl"} <= set(result) and result["missing_ids"] == ["absent"]
+    assert set(result["t2v"]) >= {"R1", "R5", "R10", "MdR", "MnR"} and result["num_videos"] == 8

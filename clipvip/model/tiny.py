@@ -1,5 +1,7 @@
 """Tiny randomly initialised HF ``CLIPModel`` + the real CLIP tokenizer, saved like a hub checkpoint.
 
+(The demo then pre-trains it on still images: ``clipvip.tiny_models.pretrain_tiny_clip``.)
+
 Usage:
     from clipvip.model.tiny import build_tiny_clip
     build_tiny_clip("results/pretrained/clip", image_size=64, patch_size=16, hidden_size=64)

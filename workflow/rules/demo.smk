@@ -20,6 +20,9 @@ if DEMO["enabled"]:
             "clipvip demo-data --out {params.out} --options {params.options:q} > {log} 2>&1"
 
 
+    # Tiny CLIP + captioner built from configs, then pre-trained on still images of the demo's renderer
+    # (demo.tiny_models.train: contrastive CLIP, captioner on "a red square"): the demo's stand-ins for OpenAI's
+    # CLIP and BLIP. Writes pretrained/{clip,captioner}/, pretrain_log.json and DONE.json last.
     rule tiny_models:
         output:
             done=f"{PRETRAINED_DIR}/DONE.json",
