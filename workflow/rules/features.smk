@@ -1,36 +1,7 @@
 # Per-second video features (VideoCLIP inputs, `clipvip features`): one feature shard per frame-store shard, read
 # from that shard's fixed-rate frame pool (frames.pool_fps) when it has one, else decoded from the video again.
 # Off while features.datasets is empty; target: `snakemake features_all` (or any {R}/features/<ds>/index.json).
-from clipvip.features import FeatureOptions
-from clipvip.registry import FEATURE_EXTRACTORS
-
-FEATURES = config.get("features") or {}
-FEATURE_DATASETS = list(FEATURES.get("datasets") or [])
-for _ds in FEATURE_DATASETS:
-    if _ds not in DATASETS:
-        raise WorkflowError(f"config error at features.datasets: {_ds!r} is not a key of datasets")
-if FEATURE_DATASETS:
-    # Checked at parse time like every stage's options (a typo fails `snakemake -n` naming the key).
-    _FEATURE_OPTS = FeatureOptions.from_dict(FEATURES.get("options") or {}, "features.options")
-    FEATURES_GPU = 1 if getattr(FEATURE_EXTRACTORS.get(_FEATURE_OPTS.extractor), "wants_gpu", False) else 0
-else:
-    _FEATURE_OPTS, FEATURES_GPU = None, 0
-
-
-def feature_index(ds):
-    return f"{R}/features/{ds}/index.json"
-
-
-def features_frames_input(wc):
-    # The frame store of the same shard: its fixed-rate pool is the features' frame source ("video": not needed).
-    if (FEATURES.get("options") or {}).get("source") == "video":
-        return []
-    return [f"{R}/frames/{wc.ds}/{wc.shard}.h5"]
-
-
-def features_model_input(wc):
-    opts = FEATURES.get("options") or {}
-    return [p for key in ("model", "weights") if opts.get(key) for p in local_model_input(opts[key])]
+include: "features_common.smk"
 
 
 rule features:
