@@ -212,7 +212,7 @@ def caption_shard(frames: str | os.PathLike, out: str | os.PathLike, options: di
     Raises ``TooManyCaptionFailures`` (after writing the failure TSV, its copy and the log lines, and without
     publishing ``out``) when the shard's own failures exceed ``max_failure_fraction``."""
     from clipvip.data.frame_store import FrameStore
-    from clipvip.data.manifest import default_failures_path
+    from clipvip.data.manifest import default_failures_path, log_first_failures, write_failures
 
     opts = options if isinstance(options, CaptionOptions) else CaptionOptions.from_dict(options)
     model_name = opts.model
@@ -256,7 +256,7 @@ def caption_shard(frames: str | os.PathLike, out: str | os.PathLike, options: di
         _fsync(fh)
     store.close()
     for path in [failures_path] + ([Path(failures_copy)] if failures_copy else []):
-        _write_failures(path, failed)
+        write_failures(path, failed)
     own = [row for row in failed if not row[1].startswith("frames:")]  # frames failures were judged there
     attempted = len(todo_all) + sum(1 for row in own if row[1] == "not_in_store")
     log_first_failures("captions", failed)
@@ -272,30 +272,6 @@ def caption_shard(frames: str | os.PathLike, out: str | os.PathLike, options: di
     print(f"captions: {out}: {len(done) + captioned} captions ({len(done)} resumed), {len(failed)} failures "
           f"in {failures_path}", file=sys.stderr)
     return stats
-
-
-def _write_failures(path: Path, rows) -> None:
-    """``write_failures`` that names the file on a full disk and leaves no temp file behind."""
-    from clipvip.data.manifest import write_failures
-
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        write_failures(path, rows)
-    except OSError as exc:
-        Path(path.with_name(f"{path.name}.tmp-{os.getpid()}")).unlink(missing_ok=True)
-        if not exc.filename:
-            raise OSError(exc.errno, exc.strerror, str(path)) from exc
-        raise
-
-
-def log_first_failures(stage: str, rows, limit: int = 10) -> None:
-    """The first ``limit`` failures as ``clip_id: reason: detail`` lines on stderr (the rule's log)."""
-    rows = list(rows)
-    for clip_id, reason, detail in rows[:limit]:
-        print(f"{stage}: failed: {clip_id}: {reason}: {' '.join(str(detail).split())[:300]}", file=sys.stderr)
-    if len(rows) > limit:
-        print(f"{stage}: ... and {len(rows) - limit} more failures", file=sys.stderr)
 
 
 def _caption_batch(captioner: Captioner, store, batch: list[str]):

@@ -42,11 +42,10 @@ import numpy as np
 from tqdm import tqdm
 
 from clipvip.data.feature_store import FEATURE_FORMAT
-from clipvip.data.manifest import default_failures_path
-from clipvip.frames.extract import (_check_clip_id, _disk_full, _in_main_thread, _raise_on_sigterm,
-                                    log_first_failures, read_id_list, write_manifest)
+from clipvip.data.manifest import default_failures_path, log_first_failures, write_failures
+from clipvip.frames.extract import _check_clip_id, _in_main_thread, _raise_on_sigterm, read_id_list
 from clipvip.registry import FEATURE_EXTRACTORS
-from clipvip.stage import (OptionError, StageOptions, UserError, hide_progress, option, parse_options,
+from clipvip.stage import (OptionError, is_disk_full, StageOptions, UserError, hide_progress, option, parse_options,
                            resolve_device, stage_main)
 from clipvip.video_io import VideoError, decode_frames, resolve_video_path
 
@@ -227,12 +226,12 @@ def extract_features_shard(video_dir, clip_ids: list[str], out, options: Feature
             store.attrs["failures_manifest"] = os.path.relpath(failures_path, out.parent)
             store.attrs["complete"] = True
         for path in [failures_path] + ([Path(failures_copy)] if failures_copy else []):
-            write_manifest(path, failures)
+            write_failures(path, failures)
         if not len(failures) > options.max_failure_fraction * len(clip_ids):
             os.replace(tmp, out)
             published = True
     except OSError as exc:
-        if _disk_full(exc) and not exc.filename:
+        if is_disk_full(exc) and not exc.filename:
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(out)) from exc
         raise
     finally:

@@ -270,6 +270,12 @@ def write_json_atomic(path: str | os.PathLike, data, fsync: bool = False) -> Non
     write_text_atomic(path, json.dumps(data, indent=2) + "\n", fsync=fsync)
 
 
+def is_disk_full(exc: BaseException) -> bool:
+    """ENOSPC/EDQUOT, also as h5py reports it ("file write failed: ... errno = 28", no errno attribute)."""
+    return isinstance(exc, OSError) and (exc.errno in (errno.ENOSPC, errno.EDQUOT) or "errno = 28" in str(exc)
+                                         or "No space left" in str(exc))
+
+
 # ---------------------------------------------------------------------------------------------- main(argv)
 def stage_main(name: str):
     """Decorate a stage's ``main(argv) -> int``: user errors become one line and exit 2, a full disk exit 1."""
@@ -283,7 +289,7 @@ def stage_main(name: str):
                 print(f"clipvip {name}: error: {exc}", file=sys.stderr)
                 return 2
             except OSError as exc:
-                if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                if is_disk_full(exc):
                     where = f" writing {exc.filename}" if exc.filename else ""
                     print(f"clipvip {name}: error: no space left on device{where}", file=sys.stderr)
                     return 1

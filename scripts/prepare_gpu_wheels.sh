@@ -27,6 +27,7 @@ version() {
 # deepspeed's runtime requirements + the project's imports the GPU machine lacks + pytest (the check runs it).
 # decord (13.6 MB) is left out unless WITH_DECORD=1: the GPU check writes its frame stores directly, it decodes
 # no video. av (36 MB) is needed: tests/conftest.py and `clipvip captions` import clipvip.video_io.
+# pyarrow, scikit-learn and psutil are already on the GPU machine (device KINDS.md); faiss is not needed there.
 BINARY="simplejpeg av msgpack psutil pydantic_core pyyaml rpds-py ninja${WITH_DECORD:+ decord}"
 PURE="einops hjson py-cpuinfo pydantic annotated-types typing-inspection typing-extensions tqdm submitit cloudpickle
       jsonschema jsonschema-specifications referencing attrs tabulate pytest pluggy iniconfig packaging pygments"

@@ -9,7 +9,9 @@ Details are flattened to one line without tabs so the file stays a plain, quote-
 from __future__ import annotations
 
 import csv
+import errno
 import os
+import sys
 import re
 from pathlib import Path
 from typing import Iterable, Sequence
@@ -31,15 +33,33 @@ def _clean(value) -> str:
 
 
 def write_failures(path: str | os.PathLike, rows: Iterable[Sequence], columns: Sequence[str] = SHARD_COLUMNS) -> None:
-    """Write the manifest atomically (temp file + rename); an empty manifest still has its header."""
+    """Write the manifest atomically (temp file + rename, the temp file removed on failure); an empty manifest
+    still has its header. An OS error that names no file (a full disk at close) is re-raised naming ``path``."""
     from clipvip.stage import atomic_path
 
-    with atomic_path(path) as tmp, open(tmp, "w") as fh:
-        fh.write("\t".join(columns) + "\n")
-        for row in rows:
-            if len(row) != len(columns):
-                raise ValueError(f"failure row {row!r} does not match columns {columns}")
-            fh.write("\t".join(_clean(value) for value in row) + "\n")
+    path = Path(path)
+    try:
+        with atomic_path(path) as tmp, open(tmp, "w") as fh:
+            fh.write("\t".join(columns) + "\n")
+            for row in rows:
+                if len(row) != len(columns):
+                    raise ValueError(f"failure row {row!r} does not match columns {columns}")
+                fh.write("\t".join(_clean(value) for value in row) + "\n")
+    except OSError as exc:
+        if exc.filename:
+            raise
+        errno_ = exc.errno or (errno.ENOSPC if "No space left" in str(exc) else None)
+        raise OSError(errno_, exc.strerror or str(exc), str(path)) from exc
+
+
+def log_first_failures(stage: str, rows, limit: int = 10) -> None:
+    """The first ``limit`` failures as ``clip_id: reason: detail`` lines on stderr (the rule's log, which a
+    failed Snakemake job keeps while it deletes the job's declared outputs)."""
+    rows = list(rows)
+    for clip_id, reason, detail in rows[:limit]:
+        print(f"{stage}: failed: {clip_id}: {reason}: {' '.join(str(detail).split())[:300]}", file=sys.stderr)
+    if len(rows) > limit:
+        print(f"{stage}: ... and {len(rows) - limit} more failures", file=sys.stderr)
 
 
 def read_failures(path: str | os.PathLike) -> pd.DataFrame:

@@ -49,8 +49,8 @@ import numpy as np
 import simplejpeg
 from tqdm import tqdm
 
-from clipvip.stage import StageOptions, UserError, hide_progress, option, parse_options, stage_main
-from clipvip.data.manifest import default_failures_path, write_failures
+from clipvip.stage import StageOptions, UserError, hide_progress, is_disk_full, option, parse_options, stage_main
+from clipvip.data.manifest import default_failures_path, log_first_failures, write_failures
 from clipvip.data.frame_store import STORE_FORMAT
 from clipvip.data.sampling import uniform_indices
 from clipvip.video_io import VideoError, decode_frames, resize_short_side, resolve_video_path
@@ -177,32 +177,6 @@ def read_id_list(path: str | os.PathLike) -> list[str]:
         raise UserError(f"--ids: cannot read {path}: {exc.strerror or exc}") from None
 
 
-def _disk_full(exc: OSError) -> bool:
-    return exc.errno in (errno.ENOSPC, errno.EDQUOT) or "errno = 28" in str(exc) or "No space left" in str(exc)
-
-
-def write_manifest(path: str | os.PathLike, rows) -> None:
-    """``write_failures`` that names the file on a full disk and leaves no temp file behind."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        write_failures(path, rows)
-    except OSError as exc:
-        path.with_name(f"{path.name}.tmp-{os.getpid()}").unlink(missing_ok=True)
-        if _disk_full(exc) and not exc.filename:
-            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path)) from exc
-        raise
-
-
-def log_first_failures(stage: str, rows, limit: int = 10) -> None:
-    """The first ``limit`` failures as ``clip_id: reason: detail`` lines on stderr (the rule's log)."""
-    rows = list(rows)
-    for clip_id, reason, detail in rows[:limit]:
-        print(f"{stage}: failed: {clip_id}: {reason}: {' '.join(str(detail).split())[:300]}", file=sys.stderr)
-    if len(rows) > limit:
-        print(f"{stage}: ... and {len(rows) - limit} more failures", file=sys.stderr)
-
-
 def _raise_on_sigterm(signum, frame):
     raise SystemExit(128 + signum)  # runs the `finally` that removes the temp store
 
@@ -249,13 +223,13 @@ def extract_shard(video_dir: str | os.PathLike, clip_ids: list[str], out: str | 
             store.attrs["failures_manifest"] = os.path.relpath(failures_path, out.parent)
             store.attrs["complete"] = True
         for path in [failures_path] + ([Path(failures_copy)] if failures_copy else []):
-            write_manifest(path, failures)
+            write_failures(path, failures)
         too_many = len(failures) > options.max_failure_fraction * len(clip_ids)
         if not too_many:
             os.replace(tmp, out)
             published = True
     except OSError as exc:
-        if _disk_full(exc) and not exc.filename:  # h5py: "file write failed: ... errno = 28" and no file name
+        if is_disk_full(exc) and not exc.filename:  # h5py: "file write failed: ... errno = 28" and no file name
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(out)) from exc
         raise
     finally:
