@@ -35,19 +35,9 @@ class IncompleteFeatureStoreError(ValueError):
 
 
 def open_feature_store(path: str | os.PathLike) -> h5py.File:
-    try:
-        handle = h5py.File(path, "r", locking=False)
-    except FileNotFoundError:
-        raise
-    except OSError as exc:
-        raise IncompleteFeatureStoreError(f"feature store {path} cannot be opened as HDF5 ({exc}): delete it "
-                                          "and rerun the features stage") from exc
-    if not bool(handle.attrs.get("complete", False)) or handle.attrs.get("format") != FEATURE_FORMAT:
-        handle.close()
-        raise IncompleteFeatureStoreError(f"feature store {path} lacks complete=True / format {FEATURE_FORMAT}: "
-                                          "the job writing it did not finish; delete it and rerun the "
-                                          "features stage")
-    return handle
+    from clipvip.data.frame_store import open_complete_store
+
+    return open_complete_store(path, "feature store", "features", FEATURE_FORMAT, IncompleteFeatureStoreError)
 
 
 def _plain(value):

@@ -55,19 +55,23 @@ class CorruptStoreError(IncompleteStoreError, UserError):
     """A complete-looking shard whose bytes cannot be read back (overwritten, damaged copy): names file and clip."""
 
 
-def open_complete_store(path: str | os.PathLike) -> h5py.File:
-    """Open a shard read-only without file locking; raise ``IncompleteStoreError`` unless it is complete."""
+def open_complete_store(path: str | os.PathLike, kind: str = "frame store", stage: str = "frames",
+                        fmt: str | None = None, error: type[Exception] = IncompleteStoreError) -> h5py.File:
+    """Open a shard read-only without file locking; raise ``error`` unless it is complete (and of ``fmt``).
+
+    Shared by the frame and feature stores: a killed writer's file never passes for a finished one."""
     try:
         handle = h5py.File(path, "r", locking=False)
     except FileNotFoundError:
         raise
     except OSError as exc:
-        raise IncompleteStoreError(f"frame store {path} cannot be opened as HDF5 ({exc}); it is incomplete "
-                                   "or corrupt: delete it and rerun the frames stage") from exc
-    if not bool(handle.attrs.get("complete", False)):
+        raise error(f"{kind} {path} cannot be opened as HDF5 ({exc}); it is incomplete or corrupt: delete it "
+                    f"and rerun the {stage} stage") from exc
+    if not bool(handle.attrs.get("complete", False)) or (fmt is not None and handle.attrs.get("format") != fmt):
         handle.close()
-        raise IncompleteStoreError(f"frame store {path} lacks the attribute complete=True: the job writing "
-                                   "it did not finish; delete it and rerun the frames stage")
+        wanted = "complete=True" + (f" / format {fmt}" if fmt else "")
+        raise error(f"{kind} {path} lacks the attribute {wanted}: the job writing it did not finish; delete it "
+                    f"and rerun the {stage} stage")
     return handle
 
 
