@@ -135,6 +135,15 @@ def run(model_dir: str, frames_index: str, annotations: str, out: str, row: dict
         anns = read_annotations(annotations, opts.text_mode)
     except ValueError as exc:
         raise UserError(str(exc)) from None
+    from clipvip.videoclip_eval import evaluate_videoclip_folder, is_videoclip_folder
+
+    if is_videoclip_folder(model_dir):  # VideoCLIP: --frames-index names the feature index (`clipvip features`)
+        result = evaluate_videoclip_folder(model_dir, frames_index, anns, batch_size=opts.batch_size,
+                                           device=opts.device, dsl=opts.dsl, v2t_dsl=opts.v2t_dsl)
+        data = {**row, "row_keys": list(row), **result, "complete": not result["missing_ids"],
+                "model": str(model_dir), "options": opts.to_dict(), "seconds": round(time.perf_counter() - started, 3)}
+        write_json_atomic(out, data)
+        return data
     index = FrameIndex(frames_index)
     limit = opts.missing_limit(split)
     check_missing(index, anns, annotations, split, limit)  # fails before any model is loaded

@@ -154,18 +154,20 @@ def _demo_config(**sections) -> dict:
 
 
 def test_data_scale_variants_and_config_checks():
-    config = validate_config(_demo_config(study={"data_scale": [0.3, 0.1, 1.0]}), SCHEMA)
+    grid = {"video_encoder": ["vip", "meanpool"], "loss": ["vsc_fc"]}
+    config = validate_config(_demo_config(study={"data_scale": [0.3, 0.1, 1.0]}, ablation=grid), SCHEMA)
     assert list(variants(config)) == ["vip-vsc_fc", "meanpool-vsc_fc", "vip-vsc_fc-scale0p1", "vip-vsc_fc-scale0p3"]
     assert variants(config)["vip-vsc_fc-scale0p1"] == {"video_encoder": "vip", "loss": "vsc_fc", "data_scale": 0.1}
     from clipvip.config import pretrain_options
 
     assert "data_scale" not in pretrain_options(config, "vip-vsc_fc-scale0p1")
-    config = validate_config(_demo_config(study={"data_scale": [0.5], "variant": "meanpool-vsc_fc"}), SCHEMA)
+    config = validate_config(_demo_config(study={"data_scale": [0.5], "variant": "meanpool-vsc_fc"}, ablation=grid),
+                             SCHEMA)
     assert "meanpool-vsc_fc-scale0p5" in variants(config)
     with pytest.raises(ConfigError, match=r"study\.data_scale\.0: 1\.5 is greater than the maximum of 1"):
         validate_config(_demo_config(study={"data_scale": [1.5]}), SCHEMA)
     with pytest.raises(ConfigError, match=r"study\.variant: 'vip-vs' is not one of the ablation variants"):
-        validate_config(_demo_config(study={"data_scale": [0.5], "variant": "vip-vs"}), SCHEMA)
+        validate_config(_demo_config(study={"data_scale": [0.5], "variant": "vip-vs"}, ablation=grid), SCHEMA)
     with pytest.raises(ConfigError, match=r"config error at analysis\.domain_gap\.sample_sise: unknown option of "
                                           r"`clipvip domain-gap`; did you mean sample_size\?"):
         validate_config(_demo_config(analysis={"domain_gap": {"sample_sise": 10}}), SCHEMA)

@@ -28,7 +28,8 @@ def test_demo_config_is_valid_and_defaults_are_filled():
     assert config["base_model"] == "results/pretrained/clip"  # {results} expanded
     assert config["evaluate"]["split"] == "test"  # default from the schema
     assert config["launch"] == {"launcher": "local", "tasks": 1}
-    assert set(variants(config)) == {"vip-vsc_fc", "meanpool-vsc_fc"}
+    # the demo's ablation grid: encoders (ViP vs MeanPool) x losses (L(V,S) vs L(V,S,C)+L(F,C))
+    assert set(variants(config)) == {"vip-vs", "vip-vsc_fc", "meanpool-vs", "meanpool-vsc_fc"}
 
 
 @pytest.mark.parametrize(
