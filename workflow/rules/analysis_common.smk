@@ -131,8 +131,10 @@ def data_scale_subset(fraction):
 
 
 def pretrain_annotations(variant):
-    """The pre-training annotations; a data-scale variant (``...-scale0p1``) reads its subset file instead."""
+    """The pre-training annotations (Arrow table); a data-scale variant (``...-scale0p1``) reads its subset file."""
     fraction = VARIANTS[variant].get("data_scale")
     if fraction is None:
-        return DATASETS[PRETRAIN["dataset"]]["annotations"]["train"]
+        # The memory-mapped Arrow table (annotations_table in frames.smk): every rank and DataLoader worker shares
+        # it through the page cache instead of holding its own list of every subtitle (docs/corpus_scale.md).
+        return f"{R}/corpus/{PRETRAIN['dataset']}/train.arrow"
     return data_scale_subset(fraction)
