@@ -27,6 +27,8 @@ from typing import Iterable
 import h5py
 import numpy as np
 
+from clipvip.data.frame_store import _plain, open_complete_store
+
 FEATURE_FORMAT = "clipvip-features/1"
 
 
@@ -35,19 +37,7 @@ class IncompleteFeatureStoreError(ValueError):
 
 
 def open_feature_store(path: str | os.PathLike) -> h5py.File:
-    from clipvip.data.frame_store import open_complete_store
-
     return open_complete_store(path, "feature store", "features", FEATURE_FORMAT, IncompleteFeatureStoreError)
-
-
-def _plain(value):
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, bytes):
-        return value.decode()
-    return value
 
 
 class FeatureStore:
