@@ -1,6 +1,7 @@
 """VideoCLIP's retrieval-augmented batches (fairseq MMPT ``RetriTask`` / ``VectorRetriever``) with faiss.
 
-Usage (once per epoch, before the epoch's first step; the trainer's side is in ``ClusterBatchSampler``):
+The trainer (``batching: retrieval``) uses ``RetrievalBatches``, which does all of the below per rebuild epoch
+and is the loader's ``batch_sampler`` (class docstring). The pieces, once per epoch, before its first step:
     from clipvip.data.retrieval_batches import (ClusterBatchSampler, broadcast_clusters, mix_embeddings,
                                                 sample_clusters)
     emb = mix_embeddings(pooled_video, pooled_text, clips_per_video=16)   # [N, D] float32, N videos
@@ -23,7 +24,8 @@ clusters or in none. Randomness: ``numpy.random.default_rng([seed, epoch, 0xC1A5
 (nprobe 1) the search is ``search_own_lists``: the neighbours ``index.search`` returns, computed with one
 matrix product per inverted list (3.5x less CPU at 1 M vectors).
 
-Rank rule for the trainer: either rank 0 builds the list and ``broadcast_clusters`` sends it, or every rank
+Rank rule for the trainer (``RetrievalBatches`` takes the first): either rank 0 builds the list and
+``broadcast_clusters`` sends it, or every rank
 calls ``sample_clusters`` on the same all-gathered embeddings with the same seed (deterministic: faiss
 k-means is seeded, ``cp.seed``; the search is exact within lists) -- broadcasting is the safer of the two,
 since float differences between devices could change a neighbour.
@@ -266,9 +268,202 @@ class ClusterBatchSampler:
         self.position = min(int(state["position"]), self.num_batches)
 
 
+def share_rows(num_videos: int, num_replicas: int, rank: int) -> np.ndarray:
+    """Rank ``rank``'s rows of the embedding pass: the contiguous block ``[r * s, (r + 1) * s)`` with
+    ``s = ceil(N / W)``, cut at N and padded with row 0 to length s, so every rank runs the same number of
+    forwards (ZeRO-3 forwards are collective) and the ranks' blocks, concatenated, start with rows 0..N-1."""
+    size = -(-int(num_videos) // int(num_replicas))
+    rows = np.arange(rank * size, min((rank + 1) * size, num_videos), dtype=np.int64)
+    return np.concatenate([rows, np.zeros(size - len(rows), dtype=np.int64)])
+
+
+def all_gather_rows(local: np.ndarray, device=None, chunk_rows: int = 65_536) -> np.ndarray:
+    """Every rank's equally shaped float32 ``[s, D]`` block, concatenated in rank order, on every rank (host
+    memory). Sent ``chunk_rows`` rows at a time on ``device`` (NCCL needs CUDA tensors; gloo takes CPU ones), so
+    the device holds at most ``W * chunk_rows * D`` floats at once. Identity when not distributed."""
+    import torch
+    import torch.distributed as dist
+
+    local = np.ascontiguousarray(local, dtype=np.float32)
+    if not (dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
+        return local
+    world, device = dist.get_world_size(), torch.device(device or "cpu")
+    parts: list[list[np.ndarray]] = [[] for _ in range(world)]
+    for start in range(0, max(1, len(local)), chunk_rows):
+        piece = torch.from_numpy(local[start:start + chunk_rows]).to(device)
+        boxes = [torch.empty_like(piece) for _ in range(world)]
+        dist.all_gather(boxes, piece)
+        for r, box in enumerate(boxes):
+            parts[r].append(box.cpu().numpy())
+    return np.concatenate([np.concatenate(p) for p in parts])
+
+
+def epoch_order(clusters: list[list[int]], seed: int, epoch: int, built_epoch: int) -> list[list[int]]:
+    """The clusters in epoch ``epoch``'s order: as built for ``built_epoch`` (their centres are already in a
+    random order), and for the epochs in between rebuilds a permutation seeded by ``[seed, epoch]``."""
+    if int(epoch) == int(built_epoch):
+        return clusters
+    perm = np.random.default_rng([int(seed), int(epoch), _STREAM, 1]).permutation(len(clusters))
+    return [clusters[i] for i in perm.tolist()]
+
+
+def _pack(clusters: list[list[int]]) -> dict:
+    """A cluster list as two int32 tensors (4 bytes a member in the checkpoint, not a pickled list of lists)."""
+    import torch
+
+    flat = [v for c in clusters for v in c]
+    return {"members": torch.tensor(flat, dtype=torch.int32), "sizes": torch.tensor([len(c) for c in clusters],
+                                                                                  dtype=torch.int32)}
+
+
+def _unpack(packed: dict) -> list[list[int]]:
+    members, sizes = packed["members"].tolist(), packed["sizes"].tolist()
+    bounds = np.concatenate([[0], np.cumsum(sizes, dtype=np.int64)]).tolist()
+    return [members[bounds[i]:bounds[i + 1]] for i in range(len(sizes))]
+
+
+class RetrievalBatches:
+    """The trainer's batch sampler for ``batching: retrieval`` (what ``ResumableDistributedSampler`` is for
+    random batching): the official ``RetriTask`` loop around ``ClusterBatchSampler``.
+
+    ``set_epoch(epoch)``, before the epoch's first step: unless the epoch's batches were restored from a
+    checkpoint, and when no cluster list exists yet or ``epoch - built_epoch >= every``, the embedding pass
+    runs -- ``embed(rows, epoch) -> float32 [len(rows), D]`` (the task's, current model in eval mode under
+    no_grad) on this rank's ``share_rows``, ``all_gather_rows`` to every rank -- then rank 0 alone builds the
+    clusters (``sample_clusters``: faiss, the flat fallback below ``39 * nlist`` vectors) and
+    ``broadcast_clusters`` sends its list to every rank (broadcast rather than building everywhere: float
+    differences between devices could change a neighbour). It returns the build's statistics on rank 0 (None
+    otherwise, and when nothing was built). Epochs between rebuilds reuse the list in a permuted order
+    (``epoch_order``).
+
+    Batches: lists of dataset indices ``video * clips_per_video + draw`` (each cluster's videos x their
+    draws), rank r taking clusters ``r, r + W, ...`` (``ClusterBatchSampler``); a DataLoader
+    ``batch_sampler``. ``advance(1)`` per micro-batch consumed. ``state_dict()``: the list as built, the epoch
+    it was built for, the epoch and position (in micro-batches) -- a run resumed from it yields exactly the
+    batches the uninterrupted run would have, without re-embedding (the weights of the build are gone).
+    """
+
+    def __init__(self, num_videos: int, embed, num_replicas: int = 1, rank: int = 0, videos_per_cluster: int = 32,
+                 clusters_per_batch: int = 1, clips_per_video: int = 16, every: int = 1, seed: int = 0,
+                 nlist: int = 512, device=None):
+        k = int(videos_per_cluster)
+        if num_videos // k < num_replicas * clusters_per_batch:
+            raise ValueError(f"{num_videos} videos make {num_videos // k} clusters of {k}, fewer than the "
+                             f"{num_replicas} rank(s) x {clusters_per_batch} cluster(s) one step needs")
+        if every < 1:
+            raise ValueError(f"every must be >= 1 epoch, got {every}")
+        self.num_videos, self.embed, self.every = int(num_videos), embed, int(every)
+        self.videos_per_cluster, self.seed, self.nlist, self.device = k, int(seed), int(nlist), device
+        self.batches = ClusterBatchSampler(num_replicas, rank, clusters_per_batch, clips_per_video)
+        self.clusters: list[list[int]] | None = None   # as built, for built_epoch
+        self.built_epoch = -1
+        self.epoch = 0
+
+    @property
+    def num_replicas(self) -> int:
+        return self.batches.num_replicas
+
+    @property
+    def rank(self) -> int:
+        return self.batches.rank
+
+    @property
+    def num_batches(self) -> int:
+        """Micro-batches per epoch on every rank (the number of clusters is always ``N // k``)."""
+        per_step = self.num_replicas * self.batches.clusters_per_batch
+        return (self.num_videos // self.videos_per_cluster) // per_step
+
+    @property
+    def position(self) -> int:
+        return self.batches.position
+
+    def describe(self) -> dict:
+        """The layout recorded in the run's config.json (``derived.retrieval_batching``)."""
+        b = self.batches
+        return {"videos": self.num_videos, "videos_per_cluster": self.videos_per_cluster,
+                "clusters_per_epoch": self.num_videos // self.videos_per_cluster,
+                "clusters_per_batch": b.clusters_per_batch, "pairs_per_video": b.clips_per_video,
+                "batches_per_epoch": self.num_batches, "every": self.every, "nlist": self.nlist,
+                "index": index_kind(self.num_videos, self.nlist), "built_by": "rank 0, broadcast"}
+
+    def set_epoch(self, epoch: int) -> dict | None:
+        epoch = int(epoch)
+        self.epoch = epoch
+        if self.batches.has_epoch(epoch):
+            return None  # restored mid-epoch: the same list, the same position
+        stats = None
+        if self.clusters is None or epoch - self.built_epoch >= self.every or epoch < self.built_epoch:
+            stats = self._build(epoch)
+        self.batches.set_clusters(epoch_order(self.clusters, self.seed, epoch, self.built_epoch), epoch)
+        return stats
+
+    def _build(self, epoch: int) -> dict | None:
+        t0 = time.perf_counter()
+        rows = share_rows(self.num_videos, self.num_replicas, self.rank)
+        local = np.asarray(self.embed(rows, epoch), dtype=np.float32)
+        if local.shape[0] != len(rows) or local.ndim != 2:
+            raise ValueError(f"the embedding pass returned {local.shape} for {len(rows)} videos")
+        embeddings = all_gather_rows(local, self.device)[: self.num_videos]
+        t1 = time.perf_counter()
+        clusters, stats, timings = None, None, {}
+        if self.rank == 0:
+            clusters = sample_clusters(embeddings, self.videos_per_cluster, seed=self.seed, epoch=epoch,
+                                       nlist=self.nlist, timings=timings)
+        self.clusters = broadcast_clusters(clusters, device=self.device)
+        self.built_epoch = epoch
+        if self.rank == 0:
+            sizes = np.array([len(c) for c in self.clusters])
+            stats = {"epoch": epoch, "num_videos": self.num_videos, "num_clusters": len(sizes),
+                     "mean_size": float(sizes.mean()), "min_size": int(sizes.min()),
+                     "distinct_videos": int(len({v for c in self.clusters for v in c})),
+                     "index": index_kind(self.num_videos, self.nlist), "nlist": self.nlist,
+                     "dim": int(embeddings.shape[1]), "embed_seconds": t1 - t0,
+                     "cluster_seconds": time.perf_counter() - t1, "seconds": time.perf_counter() - t0,
+                     **{f"{k}_seconds": v for k, v in timings.items()}}
+        return stats
+
+    def __iter__(self):
+        c = self.batches.clips_per_video
+        for batch in self.batches:
+            yield [v * c + d for v, d in batch]
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+    def advance(self, num_batches: int = 1) -> None:
+        self.batches.advance(num_batches)
+
+    def state_dict(self) -> dict:
+        b = self.batches
+        return {"batching": "retrieval", "epoch": self.epoch, "position": b.position, "built_epoch": self.built_epoch,
+                "clusters": _pack(self.clusters) if self.clusters is not None else None,
+                "num_videos": self.num_videos, "videos_per_cluster": self.videos_per_cluster, "seed": self.seed,
+                "every": self.every, "nlist": self.nlist, "num_replicas": b.num_replicas,
+                "clusters_per_batch": b.clusters_per_batch, "clips_per_video": b.clips_per_video}
+
+    def load_state_dict(self, state: dict) -> None:
+        if state.get("batching") != "retrieval":
+            raise ValueError("the checkpoint's sampler state is not batching retrieval's (it was saved by a run "
+                             "with random batching)")
+        b = self.batches
+        mine = {"num_videos": self.num_videos, "videos_per_cluster": self.videos_per_cluster, "seed": self.seed,
+                "every": self.every, "nlist": self.nlist, "num_replicas": b.num_replicas,
+                "clusters_per_batch": b.clusters_per_batch, "clips_per_video": b.clips_per_video}
+        for key, value in mine.items():
+            if state[key] != value:
+                raise ValueError(f"retrieval batch state has {key}={state[key]}, this run {value}")
+        self.epoch, self.built_epoch = int(state["epoch"]), int(state["built_epoch"])
+        self.clusters = _unpack(state["clusters"]) if state["clusters"] is not None else None
+        if self.clusters is None:
+            return
+        b.set_clusters(epoch_order(self.clusters, self.seed, self.epoch, self.built_epoch), self.epoch)
+        b.position = min(int(state["position"]), b.num_batches)
+
+
 def expected_seconds_per_million(seconds: float, num_vectors: int) -> float:
     return seconds * 1_000_000 / max(1, num_vectors)
 
 
-__all__ = ["ClusterBatchSampler", "broadcast_clusters", "build_index", "index_kind", "mix_embeddings",
-           "sample_clusters", "sequential_clusters", "expected_seconds_per_million"]
+__all__ = ["ClusterBatchSampler", "RetrievalBatches", "all_gather_rows", "broadcast_clusters", "build_index",
+           "epoch_order", "index_kind", "mix_embeddings", "sample_clusters", "sequential_clusters", "share_rows",
+           "expected_seconds_per_million"]

@@ -3,7 +3,9 @@
 Usage (``clipvip.trainer.launch`` calls this in each rank): ``code = run(args, opts, launcher="none")``.
 
 Set-up: ``build_model`` (init weights, tokenizer, optional ``torch.compile`` of the vision tower),
-``build_data`` (datasets, sampler, the run's ``clipvip.trainer.plan.TrainingPlan``, loader), ``build_engine``
+``build_data`` (datasets, sampler -- ``batching: retrieval``: ``build_retrieval_batches``, whose ``set_epoch`` may
+run the embedding pass and cluster build before an epoch -- the run's ``clipvip.trainer.plan.TrainingPlan``,
+loader), ``build_engine``
 (the task's step module under DeepSpeed). What retrieval and recognition (Vita-CLIP) do differently -- model,
 data, step module, optimizer groups, validation, export files -- is ``clipvip.trainer.tasks``. Collectives: ``clipvip.trainer.collectives`` only, on the engine's
 device. Loss and terms stay on the device and reach the host once per logged step.
@@ -72,6 +74,68 @@ def _versions() -> dict:
 
     return {"python": platform.python_version(), "torch": torch.__version__, "deepspeed": deepspeed.__version__,
             "transformers": transformers.__version__}
+
+
+def build_retrieval_batches(t):
+    """``batching: retrieval``: the ``RetrievalBatches`` of trainer ``t`` (after ``task.build_data``) and a rank's
+    samples per epoch for the plan (its micro-batches x the micro-batch size).
+
+    A micro-batch is ``micro / (videos_per_cluster x pairs per video)`` whole clusters (official: 1 cluster of
+    32 videos x 16 clips = 512 pairs per GPU); the task says what a video is (``retrieval_layout``: VideoCLIP:
+    ``clips_per_video`` pairs per video; CLIP-ViP: one whole-clip item per video) and embeds them
+    (``retrieval_embeddings``), here wrapped in eval mode and ``no_grad`` (the module's mode is restored after).
+    """
+    import torch
+
+    from clipvip.data.retrieval_batches import RetrievalBatches
+    from clipvip.trainer.plan import batch_geometry
+
+    opts, world = t.opts, t.info.world_size
+    num_videos, pairs = t.task.retrieval_layout(t)
+    _, micro, _ = batch_geometry(opts.batch_size, opts.micro_batch_per_gpu, opts.grad_accum, world)
+    per_cluster = opts.videos_per_cluster * pairs
+    if micro % per_cluster:
+        raise UserError(f"batching retrieval: a rank's micro-batch of {micro} pairs (batch_size {opts.batch_size} / "
+                        f"{world} rank(s) / grad_accum {opts.grad_accum}) is not a whole number of clusters of "
+                        f"videos_per_cluster {opts.videos_per_cluster} x {pairs} pair(s) per video")
+
+    def embed(rows, epoch):
+        module = t.engine.module
+        mode = module.training
+        module.eval()
+        try:
+            with torch.no_grad():
+                return t.task.retrieval_embeddings(t, rows, epoch)
+        finally:
+            module.train(mode)  # the mode training had (from_pretrained models may come in eval mode)
+
+    try:
+        batches = RetrievalBatches(num_videos, embed, num_replicas=world, rank=t.info.rank,
+                                   videos_per_cluster=opts.videos_per_cluster, clusters_per_batch=micro // per_cluster,
+                                   clips_per_video=pairs, every=opts.retrieval_every, seed=opts.seed, nlist=opts.nlist,
+                                   device=t.device)
+    except ValueError as exc:
+        raise UserError(f"batching retrieval: {exc} (--options.batch_size / videos_per_cluster)") from None
+    return batches, batches.num_batches * micro
+
+
+def cluster_loader(dataset, batches, plan, collate):
+    """A DataLoader over ``batches`` (a ``batch_sampler``: cluster batches vary in size) with the plan's workers,
+    forked and persistent as ``clipvip.data.loader.build_loader`` makes them."""
+    import multiprocessing
+
+    from torch.utils.data import DataLoader
+
+    from clipvip.data.loader import worker_init_fn
+
+    kwargs = {}
+    if plan.workers > 0:
+        kwargs = dict(persistent_workers=plan.persistent_workers, worker_init_fn=worker_init_fn,
+                      prefetch_factor=plan.prefetch_factor or 2)
+        if sys.platform.startswith("linux"):
+            kwargs["multiprocessing_context"] = multiprocessing.get_context("fork")
+    return DataLoader(dataset, batch_sampler=batches, num_workers=plan.workers, collate_fn=collate,
+                      pin_memory=plan.pin_memory, **kwargs)
 
 
 class Trainer:
@@ -146,19 +210,27 @@ class Trainer:
         order = {}
         if opts.shuffle_mode == "shard":  # reads stay within a few shards (clipvip.data.sampler)
             order = dict(shuffle_mode="shard", shards=self.dataset.item_shards(), shard_buffer=opts.shard_buffer)
-        self.sampler = ResumableDistributedSampler(len(self.dataset), num_replicas=world, rank=self.info.rank,
-                                                   shuffle=True, seed=opts.seed, group_size=opts.group_size,
-                                                   **order)
-        self.plan = plan = make_plan(opts, world, len(self.dataset), self.device,
-                                     rank_samples=self.sampler.num_samples)
+        if opts.batching == "retrieval":  # VideoCLIP's retrieval-augmented batches of whole clusters
+            self.sampler, rank_samples = build_retrieval_batches(self)
+        else:
+            self.sampler = ResumableDistributedSampler(len(self.dataset), num_replicas=world, rank=self.info.rank,
+                                                       shuffle=True, seed=opts.seed, group_size=opts.group_size,
+                                                       **order)
+            rank_samples = self.sampler.num_samples
+        self.plan = plan = make_plan(opts, world, len(self.dataset), self.device, rank_samples=rank_samples)
+        # What sampler.advance / position count per micro-batch: samples (random), micro-batches (retrieval).
+        self.advance_unit = 1 if opts.batching == "retrieval" else plan.micro
         self.micro, self.accum = plan.micro, plan.accum
         self.steps_per_epoch, self.total_steps = plan.steps_per_epoch, plan.total_steps
         self.ds_config, self.manual_clip = plan.ds_config, plan.manual_clip
         if hasattr(self.task, "adjust_ds_config"):  # VideoCLIP: Adam + WarmupDecayLR
             self.ds_config = self.task.adjust_ds_config(self, self.ds_config)
-        self.loader = build_loader(self.dataset, self.sampler, plan.micro, plan.workers, collate, drop_last=True,
-                                   prefetch_factor=plan.prefetch_factor, pin_memory=plan.pin_memory,
-                                   persistent_workers=plan.persistent_workers)
+        if opts.batching == "retrieval":
+            self.loader = cluster_loader(self.dataset, self.sampler, plan, collate)
+        else:
+            self.loader = build_loader(self.dataset, self.sampler, plan.micro, plan.workers, collate,
+                                       drop_last=True, prefetch_factor=plan.prefetch_factor,
+                                       pin_memory=plan.pin_memory, persistent_workers=plan.persistent_workers)
 
     def build_engine(self) -> None:
         opts = self.opts
@@ -177,6 +249,8 @@ class Trainer:
             "compiled": bool(opts.compile and opts.video_encoder != "vita"),
             "trainable_params": trainable,
         }
+        if opts.batching == "retrieval":
+            self.derived["retrieval_batching"] = self.sampler.describe()
 
     def write_config(self) -> None:
         if not self.main:
@@ -284,7 +358,7 @@ class Trainer:
             if self.manual_clip and self.engine.is_gradient_accumulation_boundary():
                 self.grad_norm = torch.nn.utils.clip_grad_norm_(self.engine.module.parameters(), self.manual_clip)
             self.engine.step()
-            self.sampler.advance(self.micro)
+            self.sampler.advance(self.advance_unit)
             loss_sum = loss.detach().float() if loss_sum is None else loss_sum + loss.detach().float()
             for k, v in terms.items():
                 part = v.detach().float() / self.accum
@@ -315,6 +389,16 @@ class Trainer:
             self.state.update(best_value=value, best_step=step, best_tag=ck.best_tag(step))
             self.save(self.state["best_tag"], latest=False)  # prune() drops the previous best
 
+    def log_clusters(self, stats: dict) -> None:
+        """Rank 0: one ``{"event": "clusters", ...}`` line per cluster build. Its ``step`` is the first step
+        that trains on them, so a resume from the checkpoint just before a build drops it and logs its own."""
+        if not self.main:
+            return
+        self.log({"event": "clusters", "step": self.state["step"] + 1, **stats})
+        print(f"[clipvip train] epoch {stats['epoch']}: {stats['num_clusters']} clusters of {stats['mean_size']:.1f} "
+              f"videos on average ({stats['index']} index over {stats['num_videos']} videos) in "
+              f"{stats['seconds']:.1f} s", flush=True)
+
     def log(self, record: dict) -> None:
         with open(self.metrics_path, "a") as fh:
             fh.write(json.dumps(record) + "\n")
@@ -329,9 +413,11 @@ class Trainer:
         epoch = self.sampler.epoch
         last_save = None
         while self.state["step"] < total:
-            self.sampler.set_epoch(epoch)
+            clusters = self.sampler.set_epoch(epoch)  # batching retrieval: may run the embedding pass first
+            if clusters is not None:
+                self.log_clusters(clusters)
             self.dataset.set_epoch(epoch)
-            micro_left = spe * self.accum - self.sampler.position // self.micro
+            micro_left = spe * self.accum - self.sampler.position // self.advance_unit
             steps_left = min(micro_left // self.accum, total - self.state["step"])
             it = iter(self.loader) if steps_left > 0 else None
             for _ in range(steps_left):

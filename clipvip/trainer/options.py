@@ -88,8 +88,9 @@ class TrainOptions(StageOptions):
                                 "the span); named pair_sampling because `sampling` is the recognition frame "
                                 "sampling", choices=("clip", "overlapped", "aligned"))
     batching: str = option("random", "random (shuffled, group_size clips of a video together) | retrieval "
-                           "(VideoCLIP retrieval-augmented clusters of similar videos; not implemented yet)",
-                           choices=("random", "retrieval"))
+                           "(VideoCLIP's retrieval-augmented batches: every retrieval_every epochs the videos are "
+                           "embedded and clustered with faiss; a batch = whole clusters; clipvip.data."
+                           "retrieval_batches.RetrievalBatches)", choices=("random", "retrieval"))
     retrieval_every: int = option(1, "batching retrieval: epochs between cluster rebuilds", minimum=1)
     videos_per_cluster: int = option(32, "batching retrieval: videos per cluster (= per batch item)", minimum=2)
     clips_per_video: int = option(16, "videoclip: (clip, text) pairs drawn per video (consecutive in a batch)",
@@ -211,8 +212,15 @@ class TrainOptions(StageOptions):
             raise OptionError(f"{where}.pair_sampling", "overlapped / aligned pairs for CLIP-ViP post-pretraining "
                               "are not wired yet (method videoclip only)")
         if self.batching == "retrieval":
-            raise OptionError(f"{where}.batching", "retrieval batching is not wired into the trainer yet "
-                              "(clipvip.data.retrieval_batches has the pieces); use random")
+            if recognition:
+                raise OptionError(f"{where}.batching", "retrieval clusters video-text pairs; task recognition "
+                                  "trains on class labels (use random)")
+            if self.shuffle_mode == "shard":
+                raise OptionError(f"{where}.shuffle_mode", "shard orders the random sampler; with batching "
+                                  "retrieval the clusters decide the order (leave it global)")
+            if self.method != "videoclip" and self.group_size != 1:
+                raise OptionError(f"{where}.group_size", f"{self.group_size}: with batching retrieval a batch is "
+                                  "whole clusters of similar videos, not runs of annotation lines (leave it 1)")
         for key, value in STAGE_DEFAULTS[stage].items():
             if getattr(self, key) is None:
                 setattr(self, key, value)
@@ -225,3 +233,7 @@ class TrainOptions(StageOptions):
         if self.batch_size % self.group_size:
             raise OptionError(f"{where}.batch_size", f"{self.batch_size} is not a multiple of group_size "
                               f"{self.group_size}: groups would straddle batches")
+        pairs = self.clips_per_video if self.method == "videoclip" else 1
+        if self.batching == "retrieval" and self.batch_size % (self.videos_per_cluster * pairs):
+            raise OptionError(f"{where}.batch_size", f"{self.batch_size} is not a multiple of videos_per_cluster "
+                              f"{self.videos_per_cluster} x {pairs} pair(s) per video: a batch is whole clusters")

@@ -88,6 +88,34 @@ class RetrievalTask:
                        annotations=read_annotations(args.val_annotations, text_mode=opts.text_mode))
         return dataset, TokenizingCollator(t.tokenizer, opts.max_text_len), val
 
+    def retrieval_layout(self, t) -> tuple[int, int]:
+        """``batching: retrieval``: (videos, pairs per video). A CLIP-ViP item is a whole clip with its text
+        (``pair_sampling: clip``), so each clustered video is one item of its batch."""
+        return len(t.dataset), 1
+
+    def retrieval_embeddings(self, t, rows, epoch: int):
+        """The cluster embedding of clips ``rows`` (dataset indices): (video + text) / 2 of one deterministic
+        draw, the evaluation protocol's -- the store's uniform frames and the clip's first text (more draws of
+        a whole clip would differ only by frame jitter). The caller sets eval mode and no_grad.
+        -> float32 [len(rows), projection_dim]."""
+        import torch
+
+        from clipvip.data import to_device
+        from clipvip.data.loader import build_loader
+        from clipvip.data.retrieval_batches import mix_embeddings
+        from clipvip.data.text import TokenizingCollator
+
+        items = _EmbeddingItems(t.dataset, rows)
+        loader = build_loader(items, None, t.opts.eval_batch_size, t.plan.eval_workers,
+                              TokenizingCollator(t.tokenizer, t.opts.max_text_len), persistent_workers=False)
+        dtype = next(t.model.parameters()).dtype
+        video, text = [], []
+        for batch in loader:
+            batch = to_device(batch, t.device, dtype)
+            video.append(t.model.encode_video(batch["pixel_values"]).float().cpu())
+            text.append(t.model.encode_text(batch["input_ids"], batch["attention_mask"]).float().cpu())
+        return mix_embeddings(torch.cat(video), torch.cat(text), 1)
+
     def step_module(self, t):
         from clipvip.trainer.step import ContrastiveStep
 
@@ -113,6 +141,20 @@ class RetrievalTask:
 
     def export_files(self, t) -> dict[str, str]:
         return {}
+
+
+class _EmbeddingItems:
+    """Items of the retrieval embedding pass: ``{"pixel_values": uniform frames, "text": first text}``."""
+
+    def __init__(self, dataset, rows):
+        self.dataset, self.rows = dataset, [int(r) for r in rows]
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, i: int) -> dict:
+        record = self.dataset.records[self.rows[i]]
+        return {"pixel_values": self.dataset.uniform_video(record["clip_id"]), "text": record["texts"][0]}
 
 
 class RecognitionTask(RetrievalTask):

@@ -11,7 +11,8 @@ Data: ``--annotations`` is a timed-subtitle JSONL (``clipvip.data.subtitles.read
 ``clipvip.data.feature_store.FeatureIndex``. Item k of an epoch is video ``k // clips_per_video``, draw
 ``k % clips_per_video`` of ``OverlappedSampler(mode=pair_sampling)`` (seeded by [seed, epoch, video, draw], so a
 resumed run sees the same pairs); ``group_size = clips_per_video`` keeps a video's pairs in one batch under the
-shared ``ResumableDistributedSampler`` (random batching). An item: the window's feature rows (at most
+shared ``ResumableDistributedSampler`` (random batching); ``batching: retrieval`` batches whole clusters of similar
+videos instead (``retrieval_layout`` / ``retrieval_embeddings``, ``clipvip.data.retrieval_batches``). An item: the window's feature rows (at most
 ``max_video_len``) and the span's BERT tokens (``[CLS] .. [SEP]``, at most ``max_text_len``). Videos listed in the
 subtitles without features are ``missing`` (reported in config.json). Model: ``VideoCLIPModel.from_pretrained(
 --init)`` (a BERT, or a saved VideoCLIP folder); loss ``videoclip``; optimizer Adam (no decay) and
@@ -21,6 +22,7 @@ Validation (``--val-annotations``): ``clipvip.videoclip_eval.evaluate_videoclip`
 """
 from __future__ import annotations
 
+import multiprocessing
 import shutil
 from pathlib import Path
 
@@ -71,10 +73,15 @@ class VideoCLIPDataset(torch.utils.data.Dataset):
 
         self.sampler = OverlappedSampler(tokenize=tokenize, mode=mode or opts.pair_sampling, seed=seed,
                                          max_text_len=max(1, self.max_text_len - 2))
-        self.epoch = 0
+        # Shared memory: set_epoch in the main process reaches persistent DataLoader workers (as _StoreDataset).
+        self._epoch = multiprocessing.RawValue("q", 0)
+
+    @property
+    def epoch(self) -> int:
+        return int(self._epoch.value)
 
     def set_epoch(self, epoch: int) -> None:
-        self.epoch = int(epoch)
+        self._epoch.value = int(epoch)
 
     def __len__(self) -> int:
         return len(self.videos) * self.clips_per_video
@@ -159,6 +166,37 @@ class VideoCLIPTask:
                        subtitles={s.clip_id: s for s in read_subtitles(args.val_annotations,
                                                                        durations=_durations(val_features))})
         return dataset, dataset.collate, val
+
+    def retrieval_layout(self, t) -> tuple[int, int]:
+        """``batching: retrieval``: (videos, pairs per video); item ``v * clips_per_video + d`` is draw d of v."""
+        return len(t.dataset.videos), t.opts.clips_per_video
+
+    def retrieval_embeddings(self, t, rows, epoch: int) -> np.ndarray:
+        """The official ``VideoVectorPool`` pass for videos ``rows`` (indices into ``t.dataset.videos``): per
+        video, the mean over its ``clips_per_video`` draws of (pooled video + pooled text) / 2, with *aligned*
+        pairs (window = span) as RetriTask samples them for this pass (seed [seed, epoch, video, draw], the
+        training pairs' stream). The caller sets eval mode and no_grad. -> float32 [len(rows), hidden]."""
+        from clipvip.data import to_device
+        from clipvip.data.loader import build_loader
+        from clipvip.data.retrieval_batches import mix_embeddings
+
+        opts = t.opts
+        if getattr(t, "retrieval_dataset", None) is None:
+            t.retrieval_dataset = VideoCLIPDataset(t.features, t.dataset.subtitles, t.tokenizer, opts, seed=opts.seed,
+                                                   mode="aligned")
+        ds, c = t.retrieval_dataset, opts.clips_per_video
+        ds.set_epoch(epoch)
+        items = [int(v) * c + d for v in rows for d in range(c)]
+        per_forward = max(1, opts.eval_batch_size // c) * c   # whole videos per forward
+        loader = build_loader(torch.utils.data.Subset(ds, items), None, per_forward, t.plan.eval_workers, ds.collate,
+                              persistent_workers=False)
+        video, text = [], []
+        dtype = next(t.model.parameters()).dtype
+        for batch in loader:
+            batch = to_device(batch, t.device, dtype)
+            video.append(t.model.encode_video(batch["features"], batch["video_mask"].bool()).float().cpu())
+            text.append(t.model.encode_text(batch["input_ids"], batch["attention_mask"]).float().cpu())
+        return mix_embeddings(torch.cat(video), torch.cat(text), c)
 
     def adjust_ds_config(self, t, cfg: dict) -> dict:
         """Adam without weight decay and WarmupDecayLR (warm-up, then linear decay to 0 over the run)."""
