@@ -21,6 +21,10 @@ Layout under ``--out``:
 Datasets (ids ``pt_00000``, ``msr_00000``, ``dd_00000``):
     demo_pretrain  train only; ASR-like subtitles (fillers, unrelated chatter, misheard and wrong words,
                    the motion ~75% of the time; ``asr_subtitle``)
+    demo_long      off unless ``long_clips`` > 0 (ids ``lp_00000``, train only): long videos (``long_seconds``,
+                   20-40 s) of several 4-8 s shape events back to back, with timed ASR-like ``subtitles`` lines
+                   (one per event, spoken with a -1..+2 s lag, sometimes wrong; unrelated chatter between):
+                   VideoCLIP's overlapped sampling has something to do (``long_specs``, ``long_subtitles``)
     demo_msrvtt    train lines hold a list of 5 paraphrases; val/test lines one caption (like 1k-A)
     demo_didemo    paragraphs: one sentence per motion segment
     demo_actions   action recognition (off unless ``actions_clips`` has counts; ids ``act_00000``): the class is
@@ -75,7 +79,9 @@ SPLITS = ("train", "val", "test")
 # name -> (clip id prefix, options field, which class split); "unseen" clips hold the held-out classes only.
 ACTION_DATASETS = {"demo_actions": ("act", "actions_clips"), "demo_actions_unseen": ("act", "actions_clips")}
 ACTION_SPLITS = ("train", "val", "test", "unseen")
-ACTION_HELD_OUT_EVERY = 4  # classes 3, 7, 11, ... of action_classes() are never trained on
+ACTION_HELD_OUT_EVERY = 4
+# Long videos with timed subtitles (VideoCLIP-style pre-training): ids lp_00000, train only.
+LONG_DATASET = "demo_long"  # classes 3, 7, 11, ... of action_classes() are never trained on
 
 
 @dataclass
@@ -92,6 +98,9 @@ class DemoOptions(StageOptions):
     didemo_clips: dict = option({"train": 96, "val": 32, "test": 32}, "clips per split of demo_didemo")
     actions_clips: dict = option({}, "clips per split of demo_actions (train, val, test: seen classes; unseen: "
                                  "held-out classes, for zero-shot); empty = no action clips")
+    long_clips: int = option(0, "long videos of demo_long (train only; 0 = none): several shape events in "
+                             "sequence with timed ASR-like subtitles, for VideoCLIP's overlapped sampling", minimum=0)
+    long_seconds: list = option([20, 40], "[min, max] length of a demo_long video in seconds")
     workers: int = option(2, "encoding processes", minimum=1)
 
     @classmethod
@@ -108,6 +117,11 @@ class DemoOptions(StageOptions):
                     raise OptionError(f"{where}.{name}.{split}", f"unknown split (valid: {', '.join(SPLITS)})")
                 if not isinstance(count, int) or isinstance(count, bool) or count < 0:
                     raise OptionError(f"{where}.{name}.{split}", f"{count!r} is not a clip count")
+        lengths = self.long_seconds
+        if (not isinstance(lengths, list) or len(lengths) != 2 or not all(isinstance(x, int) for x in lengths)
+                or not 8 <= lengths[0] <= lengths[1]):
+            raise OptionError(f"{where}.long_seconds", f"{lengths!r} is not [min, max] whole seconds with "
+                              "8 <= min <= max (an event lasts 4-8 s)")
         for split, count in self.actions_clips.items():
             if split not in ACTION_SPLITS:
                 raise OptionError(f"{where}.actions_clips.{split}", f"unknown split (valid: {', '.join(ACTION_SPLITS)})")
@@ -143,6 +157,8 @@ def split_clip_ids(options: dict | DemoOptions | None, dataset: str) -> dict[str
     options = DemoOptions.from_dict(options)
     if dataset in ACTION_DATASETS:
         return action_split_ids(options, dataset)
+    if dataset == LONG_DATASET:
+        return {"train": [f"lp_{n:05d}" for n in range(options.long_clips)]} if options.long_clips else {}
     prefix = DATASETS[dataset][0] if dataset in DATASETS else None
     out, next_number = {}, 0
     for split, count in options.split_counts(dataset).items():
@@ -159,9 +175,9 @@ def clip_ids(options: dict | DemoOptions | None, dataset: str) -> list[str]:
 def annotation_files(out: str | os.PathLike, dataset: str, options: dict | DemoOptions | None = None
                      ) -> dict[str, Path]:
     """``{split: out/annotations/<dataset>_<split>.jsonl}`` for the splits the options give ``dataset``."""
-    if dataset in ACTION_DATASETS:
+    if dataset in ACTION_DATASETS or dataset == LONG_DATASET:
         return {split: Path(out) / "annotations" / f"{dataset}_{split}.jsonl"
-                for split in action_split_ids(options, dataset)}
+                for split in split_clip_ids(options, dataset)}
     splits = DemoOptions.from_dict(options).split_counts(dataset)
     return {split: Path(out) / "annotations" / f"{dataset}_{split}.jsonl" for split in splits}
 
@@ -510,12 +526,90 @@ def write_action_annotations(folder: Path, options: DemoOptions) -> dict:
     return counts
 
 
+# ----------------------------------------------------------------------------------------------- long videos
+@dataclass
+class LongSpec:
+    """A long video: events (each a ``ClipSpec`` rendered for ``frames`` frames) back to back."""
+    clip_id: str
+    events: list[ClipSpec]
+    frames: list[int]   # frames per event
+
+    @property
+    def starts(self) -> list[float]:
+        return [0.0] + list(np.cumsum(self.frames)[:-1].astype(float))
+
+
+def long_specs(options: dict | DemoOptions | None) -> list[LongSpec]:
+    """Every demo_long video: events of 4-8 s (a random shape moving in 1-3 segments) until the drawn length
+    ``U[long_seconds]`` is filled (the last event takes the remainder, at least 2 s)."""
+    options = DemoOptions.from_dict(options)
+    specs = []
+    for clip_id in split_clip_ids(options, LONG_DATASET).get("train", []):
+        rng = np.random.default_rng([options.seed, 200, int(clip_id.split("_")[1])])
+        total = int(rng.integers(options.long_seconds[0], options.long_seconds[1] + 1)) * options.fps
+        events, frames = [], []
+        while sum(frames) < total:
+            n = int(rng.integers(4 * options.fps, 8 * options.fps + 1))
+            n = total - sum(frames) if total - sum(frames) - n < 2 * options.fps else n
+            event_opts = DemoOptions.from_dict({**options.to_dict(), "num_frames": max(6, n)})
+            events.append(_random_forward_spec(rng, event_opts, f"{clip_id}#{len(events)}", "train"))
+            frames.append(n)
+        specs.append(LongSpec(clip_id, events, frames))
+    return specs
+
+
+def render_long(spec: LongSpec, options: dict | DemoOptions | None) -> np.ndarray:
+    """uint8 [sum(frames), size, size, 3]: every event rendered for its own frame count, concatenated."""
+    options = DemoOptions.from_dict(options)
+    parts = [render_clip(event, {**options.to_dict(), "num_frames": max(6, n)})[:n]
+             for event, n in zip(spec.events, spec.frames)]
+    return np.concatenate(parts)
+
+
+def long_subtitles(spec: LongSpec, options: DemoOptions, rng) -> list[dict]:
+    """Timed ASR-like lines: per event one line about it (``asr_subtitle``, so sometimes wrong or unrelated),
+    spoken with a lag of -1..+2 s as real speech is, plus 0-2 lines of unrelated chatter between events;
+    sorted by start, clipped to the video."""
+    duration = sum(spec.frames) / options.fps
+    lines = []
+    for event, start, n in zip(spec.events, spec.starts, spec.frames):
+        t0, length = start / options.fps, n / options.fps
+        lag = float(rng.uniform(-1.0, 2.0))
+        begin = min(max(0.0, t0 + lag), duration - 1.0)
+        end = min(duration, begin + float(rng.uniform(0.5, 0.9)) * length)
+        lines.append({"start": round(float(begin), 2), "end": round(float(max(end, begin + 0.5)), 2),
+                      "text": asr_subtitle(event, rng)})
+        for _ in range(int(rng.integers(0, 3))):
+            chat = float(rng.uniform(t0, t0 + length))
+            words = [str(rng.choice(FILLERS if rng.random() < 0.4 else UNRELATED)) for _ in range(rng.integers(3, 9))]
+            lines.append({"start": round(float(min(chat, duration - 0.5)), 2),
+                          "end": round(float(min(duration, chat + rng.uniform(1.0, 2.5))), 2), "text": " ".join(words)})
+    return sorted(lines, key=lambda line: (line["start"], line["end"]))
+
+
+def write_long_annotations(folder: Path, options: DemoOptions) -> dict:
+    """``demo_long_train.jsonl`` (timed ``subtitles`` lines) and ``demo_long_meta.jsonl`` (the events)."""
+    specs = long_specs(options)
+    lines, meta = [], []
+    for spec in specs:
+        rng = np.random.default_rng([options.seed, 201, int(spec.clip_id.split("_")[1])])
+        lines.append({"clip_id": spec.clip_id, "subtitles": long_subtitles(spec, options, rng)})
+        meta.append({"clip_id": spec.clip_id, "split": "train", "duration": sum(spec.frames) / options.fps,
+                     "events": [{"start": start / options.fps, "end": (start + n) / options.fps,
+                                 "colour": e.colour, "shape": e.shape, "motions": e.motions}
+                                for e, start, n in zip(spec.events, spec.starts, spec.frames)]})
+    _write_jsonl(folder / f"{LONG_DATASET}_train.jsonl", lines)
+    _write_jsonl(folder / f"{LONG_DATASET}_meta.jsonl", meta)
+    return {"train": len(lines)}
+
+
 # ----------------------------------------------------------------------------------------------- writing
-def _write_clip(job: tuple[ClipSpec, DemoOptions, str]) -> None:
+def _write_clip(job: tuple["ClipSpec | LongSpec", DemoOptions, str]) -> None:
     from clipvip.video_io import write_video
 
     spec, options, path = job
-    write_video(path, render_clip(spec, options), options.fps, crf=options.crf, gop=options.fps * 2)
+    frames = render_long(spec, options) if isinstance(spec, LongSpec) else render_clip(spec, options)
+    write_video(path, frames, options.fps, crf=options.crf, gop=options.fps * 2)
 
 
 def _write_jsonl(path: Path, lines: list[dict]) -> None:
@@ -539,6 +633,9 @@ def write_corpus(out: str | os.PathLike, options: dict | DemoOptions | None = No
         if any(options.actions_clips.values()):
             summary["demo_actions"] = write_action_annotations(tmp / "annotations", options)
             jobs += [(spec, options, str(tmp / "videos" / f"{spec.clip_id}.mp4")) for spec in action_specs(options)]
+        if options.long_clips:
+            summary[LONG_DATASET] = write_long_annotations(tmp / "annotations", options)
+            jobs += [(spec, options, str(tmp / "videos" / f"{spec.clip_id}.mp4")) for spec in long_specs(options)]
         for dataset in DATASETS:
             by_split, meta = annotation_lines(options, dataset)
             for split, lines in by_split.items():

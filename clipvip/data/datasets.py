@@ -8,6 +8,8 @@ Usage:
     >>> ds.missing                        # clip ids in the annotations that the frame store lacks
     >>> pre = PretrainDataset(index, subtitles, captions=read_captions(paths), num_frames=12, image_size=224)
     >>> pre[0].keys()                     # pixel_values (V), text (S), frame_pixel_values (F), caption (C), ...
+    >>> win = WindowedPretrainDataset(index, records, read_subtitles_by_id, captions, 12, 224, tokenize=tok,
+    ...                               pair_sampling="overlapped")   # VideoCLIP windows of long videos
 
 Randomness (jittered frames, which caption/subtitle) comes only from ``np.random.default_rng([seed, epoch,
 index])``: an item is the same whichever worker loads it, and a resumed run sees the same data. The epoch
@@ -305,6 +307,89 @@ class PretrainDataset(_StoreDataset):
             "text": subtitle,
             "frame_pixel_values": self.middle_frame(clip_id),
             "caption": caption,
+            "clip_id": clip_id,
+            "index": index,
+        }
+
+
+class WindowedPretrainDataset(PretrainDataset):
+    """Post-pretraining quadruples from VideoCLIP-style windows of long videos with timed subtitles (issue 14).
+
+    ``pair_sampling`` ``overlapped`` (official ``TextClipSamplingProcessor`` + ``OverlappedAligner``: a text span
+    of whole subtitle lines grown to a U[8, 64] token budget, a U[3, 32] s video window around a centre drawn
+    inside the span) or ``aligned`` (the window is exactly the span); see ``clipvip.data.overlapped``. An item:
+      V  T frames at the window's jittered times, each the pool frame nearest in time (a fixed-rate pool,
+         frames option ``pool_fps``, stores ``pool_times``; a fixed-count pool's times are its indices / fps);
+      S  the span's lines joined (the collator truncates to ``max_text_len`` tokens as for any text);
+      F  the pool frame nearest the window's centre, C the clip's auxiliary caption (captions are per clip:
+         the captions stage captions one middle frame per clip, so for a long video C describes its middle,
+         not necessarily the window -- caption each window's frame for more, at that stage's cost).
+    ``subtitles``: ``{clip_id: Subtitles}`` (``read_subtitles``); a record without subtitles is an error.
+    ``tokenize``: text -> token ids without specials, for the token budget (the trainer's tokenizer).
+    Randomness: the sampler's ``default_rng([seed, epoch, index, 0])``, so a resumed run sees the same pairs.
+    """
+
+    def __init__(self, frame_index, annotations, subtitles, captions, num_frames: int, image_size: int,
+                 tokenize, pair_sampling: str = "overlapped", seed: int = 0, max_text_len: int = 70,
+                 grid_fps: float = 10.0, **kwargs):
+        from .overlapped import OverlappedSampler
+
+        super().__init__(frame_index, annotations, captions, num_frames, image_size, seed=seed, **kwargs)
+        if pair_sampling not in ("overlapped", "aligned"):
+            raise ValueError(f"WindowedPretrainDataset: pair_sampling must be overlapped or aligned, got "
+                             f"{pair_sampling!r} (clip = PretrainDataset)")
+        self.subtitles = subtitles
+        lacking = [r["clip_id"] for r in self.records if r["clip_id"] not in subtitles]
+        if lacking:
+            raise ValueError(f"WindowedPretrainDataset: {len(lacking)} clips have no subtitles "
+                             f"(first: {', '.join(lacking[:5])})")
+        self.pair_sampling = pair_sampling
+        # Frame times on a fine grid (grid_fps), then the nearest pool frame: the pool's rate decides.
+        self.sampler = OverlappedSampler(tokenize=tokenize, mode=pair_sampling, num_frames=self.num_frames,
+                                         fps=grid_fps, seed=seed, max_text_len=max(1, int(max_text_len) - 2))
+
+    def _window_meta(self, clip_id: str) -> dict:
+        cache = self.__dict__.setdefault("_window_cache", {})
+        if clip_id not in cache:
+            if len(cache) >= META_CACHE_SIZE:
+                cache.clear()
+            meta = self.frames.meta(clip_id)
+            indices = np.asarray(meta["pool_indices"], dtype=np.int64)
+            fps = float(meta.get("fps") or 0.0)
+            times = meta.get("pool_times")
+            if times is None:
+                if fps <= 0:
+                    raise ValueError(f"{clip_id}: the frame store has neither pool_times nor an fps to time "
+                                     "its pool frames (windowed sampling needs times)")
+                times = indices / fps
+            duration = float(meta.get("duration") or (int(meta["num_frames"]) / fps if fps > 0 else 0.0))
+            cache[clip_id] = {"indices": indices, "times": np.asarray(times, dtype=np.float64),
+                              "duration": max(duration, 1e-3)}
+        return cache[clip_id]
+
+    @staticmethod
+    def _nearest(meta: dict, times: np.ndarray) -> np.ndarray:
+        """Decoded indices of the pool frames nearest in time to ``times`` (works on any float values)."""
+        return meta["indices"][nearest_positions(meta["times"], times)]
+
+    def window_pair(self, index: int):
+        """The ``ClipTextPair`` of item ``index`` this epoch (what ``__getitem__`` loads)."""
+        clip_id = self.records[index]["clip_id"]
+        meta = self._window_meta(clip_id)
+        return self.sampler.sample(self.subtitles[clip_id], meta["duration"], self.epoch, index), meta
+
+    def __getitem__(self, index: int) -> dict:
+        record = self.records[index]
+        clip_id = record["clip_id"]
+        pair, meta = self.window_pair(index)
+        video = self.frames.frames(clip_id, self._nearest(meta, pair.frame_times))
+        centre = np.asarray([(pair.window[0] + min(pair.window[1], meta["duration"])) / 2.0])
+        middle = self.frames.frames(clip_id, self._nearest(meta, centre))
+        return {
+            "pixel_values": crop_uint8(video, self.image_size),
+            "text": pair.text,
+            "frame_pixel_values": crop_uint8(middle, self.image_size),
+            "caption": self._caption(record, self.rng(index)),
             "clip_id": clip_id,
             "index": index,
         }
