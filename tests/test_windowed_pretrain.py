@@ -132,3 +132,47 @@ def test_long_seconds_option_is_checked():
 
     with pytest.raises(OptionError, match="long_seconds"):
         DemoOptions.from_dict({"long_seconds": [30, 20]})
+
+
+def test_clipvip_post_pretraining_on_overlapped_windows_through_the_cli(long_corpus):
+    """``clipvip train --stage pretrain`` with ``pair_sampling: overlapped`` on the long videos (real DeepSpeed)."""
+    import os
+    import subprocess
+    import sys
+
+    from clipvip.cli import main as cli
+    from clipvip.model.tiny import build_tiny_clip
+
+    root, _, ids = long_corpus
+    assert cli(["frames-index", "--shards", str(root / "frames.h5"), "--out", str(root / "index.json")]) == 0
+    clip = build_tiny_clip(root / "clip", image_size=64, patch_size=32, hidden_size=32, layers=1, heads=2,
+                           text_hidden=32, text_layers=1, projection_dim=32)
+    captions = root / "captions.jsonl"
+    captions.write_text("".join(json.dumps({"clip_id": c, "caption": "a red square", "model": "t"}) + "\n"
+                                for c in ids))
+    options = {"pair_sampling": "overlapped", "loss": "vsc_fc", "batch_size": 3, "num_frames": 4, "max_steps": 3,
+               "num_workers": 1, "max_text_len": 32, "checkpoint_every": 10, "nprocs": 1, "warmup_ratio": 0.0}
+
+    def run(name, stage="pretrain", annotations=root / "demo/annotations/demo_long_train.jsonl", **extra):
+        cmd = [sys.executable, "-m", "clipvip", "train", "--stage", stage, "--init", str(clip),
+               "--frames-index", str(root / "index.json"), "--annotations", str(annotations),
+               "--out", str(root / name / "out"), "--checkpoint-dir", str(root / name / "ckpt"),
+               "--options", json.dumps({**options, **extra})]
+        if stage == "pretrain":
+            cmd += ["--captions", str(captions)]
+        return subprocess.run(cmd, env=dict(os.environ, OMP_NUM_THREADS="1"), capture_output=True, text=True,
+                              timeout=300)
+
+    proc = run("overlapped")
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    rows = [json.loads(line) for line in (root / "overlapped/out/metrics.jsonl").read_text().splitlines()]
+    steps = [r for r in rows if "loss" in r and "event" not in r]
+    assert len(steps) == 3 and all(np.isfinite(r["loss"]) for r in steps)
+    saved = json.loads((root / "overlapped/out/config.json").read_text())
+    assert saved["options"]["pair_sampling"] == "overlapped"
+    # the whole-clip record text of an Arrow table cannot give windows; fine-tuning takes whole clips
+    (root / "fake.arrow").write_bytes(b"")
+    bad = run("arrow", annotations=root / "fake.arrow")
+    assert bad.returncode == 2 and "reads timed subtitles from the annotation JSONL" in bad.stderr
+    bad = run("ft", stage="finetune")
+    assert bad.returncode == 2 and "post-pretraining option" in bad.stderr

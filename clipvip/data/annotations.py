@@ -62,6 +62,20 @@ def _clip_id(obj: dict, where: str) -> str:
     return value
 
 
+def record_texts(obj: dict, text_mode: str, where: str) -> list[str]:
+    """A record's texts: its ``text`` (a string or list), or for a timed-subtitle line (``{"subtitles": [{"start",
+    "end", "text"}, ...]}``, VideoCLIP / HD-VILA transcripts) the whole transcript as one text. The lines' times
+    are checked where they are used (``clipvip.data.subtitles.read_subtitles``)."""
+    if "text" in obj:
+        return _texts(obj["text"], text_mode, where)
+    lines = obj.get("subtitles")
+    if lines is None:
+        raise ValueError(f"{where}: missing key 'text' (or 'subtitles', timed lines)")
+    if not isinstance(lines, list) or not lines or not all(isinstance(x, dict) for x in lines):
+        raise ValueError(f"{where}: 'subtitles' must be a non-empty list of {{start, end, text}} objects")
+    return _texts([x.get("text") for x in lines], "join", where)
+
+
 def _texts(value, text_mode: str, where: str) -> list[str]:
     if isinstance(value, str):
         parts = [value]
@@ -93,13 +107,11 @@ def read_annotations(path: str | PathLike, text_mode: str = "sample") -> list[di
     for lineno, obj in _iter_json_lines(path):
         where = f"{path}:{lineno}"
         clip_id = _clip_id(obj, where)
-        if "text" not in obj:
-            raise ValueError(f"{where}: missing key 'text'")
-        texts = _texts(obj["text"], text_mode, where)
+        texts = record_texts(obj, text_mode, where)
         if clip_id in records:
             records[clip_id]["texts"].extend(texts)
             continue
-        extra = {k: v for k, v in obj.items() if k not in ("clip_id", "text")}
+        extra = {k: v for k, v in obj.items() if k not in ("clip_id", "text", "subtitles")}
         records[clip_id] = {**extra, "clip_id": clip_id, "texts": texts}
     if not records:
         raise ValueError(f"{path}: no annotations")

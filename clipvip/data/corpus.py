@@ -264,17 +264,15 @@ class AnnotationTable(_MappedTable, Sequence):
 
 def _annotation_batches(path: Path):
     """Stream (clip_ids, texts, extra) lists of ``BATCH_ROWS`` lines, validated like ``read_annotations``."""
-    from clipvip.data.annotations import _clip_id, _iter_json_lines, _texts
+    from clipvip.data.annotations import _clip_id, _iter_json_lines, record_texts
 
     ids, texts, extra = [], [], []
     for lineno, obj in _iter_json_lines(path):
         where = f"{path}:{lineno}"
         clip_id = _clip_id(obj, where)
-        if "text" not in obj:
-            raise ValueError(f"{where}: missing key 'text'")
         ids.append(clip_id)
-        texts.append(_texts(obj["text"], "sample", where))
-        rest = {k: v for k, v in obj.items() if k not in ("clip_id", "text")}
+        texts.append(record_texts(obj, "sample", where))  # timed subtitles: the transcript as one text
+        rest = {k: v for k, v in obj.items() if k not in ("clip_id", "text", "subtitles")}
         extra.append(json.dumps(rest) if rest else None)
         if len(ids) >= BATCH_ROWS:
             yield ids, texts, extra

@@ -208,9 +208,9 @@ class TrainOptions(StageOptions):
                 raise OptionError(f"{where}.loss", f"method videoclip trains with loss videoclip, not {self.loss!r}")
         elif self.loss == "videoclip":
             raise OptionError(f"{where}.loss", "videoclip (tau = 1, unnormalised) is method videoclip's loss")
-        elif self.pair_sampling != "clip":
-            raise OptionError(f"{where}.pair_sampling", "overlapped / aligned pairs for CLIP-ViP post-pretraining "
-                              "are not wired yet (method videoclip only)")
+        elif self.pair_sampling != "clip" and recognition:
+            raise OptionError(f"{where}.pair_sampling", "overlapped / aligned pairs need timed subtitles; task "
+                              "recognition trains on class labels (use clip)")
         if self.batching == "retrieval":
             if recognition:
                 raise OptionError(f"{where}.batching", "retrieval clusters video-text pairs; task recognition "

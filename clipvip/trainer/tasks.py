@@ -69,7 +69,15 @@ class RetrievalTask:
         from clipvip.data.text import TokenizingCollator
 
         opts, args = t.opts, t.args
-        anns = read_annotations(args.annotations, text_mode=opts.text_mode)
+        if args.stage == "finetune" and opts.pair_sampling != "clip":
+            raise UserError(f"pair_sampling {opts.pair_sampling!r} is a post-pretraining option (windows of long "
+                            "videos with timed subtitles); CLIP-ViP fine-tuning uses whole clips (clip)")
+        windowed = args.stage == "pretrain" and opts.pair_sampling != "clip"
+        subtitles = None
+        if windowed:
+            subtitles, anns = _timed_subtitles(args.annotations)
+        else:
+            anns = read_annotations(args.annotations, text_mode=opts.text_mode)
         index = FrameIndex(args.frames_index)
         if args.stage == "finetune":
             dataset = FinetuneDataset(index, anns, opts.num_frames, t.image_size, train=True, seed=opts.seed)
@@ -78,10 +86,19 @@ class RetrievalTask:
 
             captions = read_captions(args.captions) if args.captions else None
             # Missing captions beyond max_missing_captions stop the run (never a silent subtitle fallback).
-            dataset = PretrainDataset(index, anns, captions, opts.num_frames, t.image_size, seed=opts.seed,
-                                      max_missing_captions=opts.max_missing_captions,
-                                      captions_source=" ".join(map(str, args.captions)) or None,
-                                      needs_captions="C" in LOSSES.get(opts.loss).keys)
+            common = dict(max_missing_captions=opts.max_missing_captions,
+                          captions_source=" ".join(map(str, args.captions)) or None,
+                          needs_captions="C" in LOSSES.get(opts.loss).keys)
+            if windowed:
+                from clipvip.data.datasets import WindowedPretrainDataset
+
+                dataset = WindowedPretrainDataset(
+                    index, anns, subtitles, captions, opts.num_frames, t.image_size,
+                    tokenize=_Tokenize(t.tokenizer), pair_sampling=opts.pair_sampling, seed=opts.seed,
+                    max_text_len=opts.max_text_len, **common)
+            else:
+                dataset = PretrainDataset(index, anns, captions, opts.num_frames, t.image_size, seed=opts.seed,
+                                          **common)
         val = None
         if args.val_annotations:
             val = dict(frame_index=FrameIndex(args.val_frames_index or args.frames_index),
@@ -204,6 +221,29 @@ class RecognitionTask(RetrievalTask):
 
     def export_files(self, t) -> dict[str, str]:
         return {"classes.txt": "".join(f"{name}\n" for name in t.class_names)}
+
+
+class _Tokenize:
+    """Token ids without specials (the overlapped sampler's token budget); a class so DataLoader workers pickle it."""
+
+    def __init__(self, tokenizer):
+        self.tokenizer = tokenizer
+
+    def __call__(self, text: str) -> list[int]:
+        return self.tokenizer(text, add_special_tokens=False)["input_ids"]
+
+
+def _timed_subtitles(path) -> tuple[dict, list[dict]]:
+    """``pair_sampling: overlapped | aligned`` reads timed subtitles (``read_subtitles``, every bad line reported)
+    -> ({clip_id: Subtitles}, records with the clip's whole text, for the clip-level parts: captions, embeddings)."""
+    from clipvip.data.subtitles import read_subtitles
+
+    if str(path).endswith(".arrow"):
+        raise UserError(f"--annotations {path}: pair_sampling overlapped / aligned reads timed subtitles from the "
+                        "annotation JSONL (lines with a 'subtitles' list); the Arrow table holds one text per clip")
+    subs = read_subtitles(path)
+    records = [{"clip_id": s.clip_id, "texts": [" ".join(line.text for line in s.lines)]} for s in subs]
+    return {s.clip_id: s for s in subs}, records
 
 
 TASKS = {"retrieval": RetrievalTask, "recognition": RecognitionTask}
