@@ -17,6 +17,11 @@ Names of encoders, losses and launchers come from ``clipvip.registry`` into the 
 
 ``pretrain.enabled`` defaults to whether ``pretrain.dataset`` is given: writing a pre-training dataset turns
 post-pretraining on, an ``options`` block alone does not.
+
+``videoclip`` (off by default; workflow/rules/videoclip.smk): VideoCLIP post-pretrained on per-second features of
+``videoclip.pretrain.dataset`` (default ``pretrain.dataset``), evaluated zero-shot and fine-tuned on
+``videoclip.finetune.datasets`` (default ``finetune.datasets``). While enabled, those datasets are added to
+``features.datasets``; its options blocks are ``TrainOptions`` with ``method: videoclip`` (``videoclip_*_options``).
 """
 from __future__ import annotations
 
@@ -87,6 +92,7 @@ def validate_config(config: dict, schema_path: str | Path) -> dict:
     validator.validate(config)
     _expand_results(config, config["results"])
     _check_references(config)
+    _check_videoclip_references(config)
     try:
         check_stage_options(config)
     except OptionError as exc:
@@ -224,6 +230,13 @@ def check_stage_options(config: dict) -> None:
     if "num_frames" in frames:
         raise OptionError("frames.num_frames", "frames per clip are a dataset setting: set datasets.<name>.num_frames")
     FrameOptions.from_dict(frames, "frames")
+    for name, ds in config["datasets"].items():
+        # Per-dataset frames overrides (e.g. a fixed-rate pool, pool_fps, for long pre-training videos only).
+        override = ds.get("frames") or {}
+        if "num_frames" in override or "shard_size" in override:
+            raise OptionError(f"datasets.{name}.frames", "num_frames is datasets.<name>.num_frames and shard_size "
+                              "is the workflow's frames.shard_size")
+        FrameOptions.from_dict({**frames, **override}, f"datasets.{name}.frames")
     captions = dict(config.get("captions", {}))
     if not captions.get("model"):
         if config["pretrain"]["enabled"] and needs_captions(config):
@@ -245,6 +258,7 @@ def check_stage_options(config: dict) -> None:
                                    f"finetune.per_dataset.{name}")
     EvaluateOptions.from_dict(config["evaluate"]["options"], "evaluate.options")
     check_analysis_options(config)
+    check_videoclip_options(config)
 
 
 def check_analysis_options(config: dict) -> None:
@@ -283,14 +297,26 @@ def needs_captions(config: dict) -> bool:
 
 
 def variants(config: dict) -> dict[str, dict]:
-    """Ablation variants: name ``<encoder>-<loss>`` → ``{"video_encoder": ..., "loss": ...}``; plus, for each
+    """Ablation variants: name ``<encoder>-<loss>[-<pair_sampling>][-<batching>]`` (the last two only when not
+    the defaults clip / random) → ``{"video_encoder": ..., "loss": ..., ["pair_sampling", "batching"]}``; plus, for each
     fraction f < 1 of ``study.data_scale``, ``<variant>-scale<f>`` (e.g. ``vip-vsc_fc-scale0p1``: the study's
     variant, default the first, post-pretrained on a nested subset) with ``"data_scale": f``. Fraction 1.0 is the
     study's variant itself (the same data and steps)."""
     ablation = config.get("ablation", {})
     encoders = ablation.get("video_encoder", ["vip"])
     losses = ablation.get("loss", ["vsc_fc"])
-    found = {f"{enc}-{loss}": {"video_encoder": enc, "loss": loss} for enc, loss in itertools.product(encoders, losses)}
+    # VideoCLIP's training ideas as ablation axes (issue 14); the defaults add no suffix and no key, so the
+    # names and params of existing runs never change.
+    samplings = ablation.get("pair_sampling", ["clip"])
+    batchings = ablation.get("batching", ["random"])
+    found = {}
+    for enc, loss, pairs, batching in itertools.product(encoders, losses, samplings, batchings):
+        name, keys = f"{enc}-{loss}", {"video_encoder": enc, "loss": loss}
+        if pairs != "clip":
+            name, keys = f"{name}-{pairs}", {**keys, "pair_sampling": pairs}
+        if batching != "random":
+            name, keys = f"{name}-{batching}", {**keys, "batching": batching}
+        found[name] = keys
     study = config.get("study") or {}
     fractions = sorted({float(f) for f in study.get("data_scale") or [] if float(f) < 1.0})
     if fractions:
@@ -335,3 +361,115 @@ def finetune_options(config: dict, variant: str, dataset: str) -> dict:
         **finetune["per_dataset"].get(dataset, {}),
         "video_encoder": encoder,
     }
+
+
+# ------------------------------------------------------------------------------------------------ VideoCLIP
+# VideoCLIP fine-tuning on captioned clips (official MMPT fine-tuning: the whole clip, up to 32 s, with its
+# caption): one (clip, text) pair per video and step; overlapped windows and 16 draws per video are pre-training's.
+VIDEOCLIP_FINETUNE_DEFAULTS = {"pair_sampling": "clip", "clips_per_video": 1}
+
+
+def videoclip_section(config: dict) -> dict:
+    return config.get("videoclip") or {"enabled": False}
+
+
+def _check_videoclip_references(config: dict) -> None:
+    """Defaults and cross references of the ``videoclip`` section (filled in place; only while enabled)."""
+    vc = videoclip_section(config)
+    if not vc.get("enabled"):
+        return
+    datasets = config["datasets"]
+    pretrain = vc["pretrain"]
+    if pretrain["enabled"]:
+        if not pretrain.get("dataset"):
+            pretrain["dataset"] = (config.get("pretrain") or {}).get("dataset")
+        name = pretrain["dataset"]
+        if not name:
+            raise ConfigError("config error at videoclip.pretrain.dataset: required when videoclip.pretrain.enabled "
+                              "(and no pretrain.dataset to default to)")
+        if name not in datasets:
+            raise ConfigError(f"config error at videoclip.pretrain.dataset: {name!r} is not one of datasets "
+                              f"({', '.join(datasets)})")
+        if "train" not in datasets[name]["annotations"]:
+            raise ConfigError(f"config error at datasets.{name}.annotations: VideoCLIP pre-training needs a 'train' "
+                              "split")
+    finetune = vc["finetune"]
+    if not finetune["datasets"]:
+        skip = pretrain.get("dataset") if pretrain["enabled"] else None
+        finetune["datasets"] = [n for n in config["finetune"]["datasets"] if n != skip]
+    for i, name in enumerate(finetune["datasets"]):
+        if name not in datasets:
+            raise ConfigError(f"config error at videoclip.finetune.datasets.{i}: {name!r} is not one of datasets "
+                              f"({', '.join(datasets)})")
+        if datasets[name].get("task") == "recognition":
+            raise ConfigError(f"config error at videoclip.finetune.datasets.{i}: {name!r} is a recognition dataset")
+        if "train" not in datasets[name]["annotations"]:
+            raise ConfigError(f"config error at datasets.{name}.annotations: VideoCLIP fine-tuning needs a 'train' "
+                              "split")
+    for name in finetune["per_dataset"]:
+        if name not in finetune["datasets"]:
+            raise ConfigError(f"config error at videoclip.finetune.per_dataset.{name}: not listed in "
+                              "videoclip.finetune.datasets")
+    if not finetune["datasets"]:
+        raise ConfigError("config error at videoclip.finetune.datasets: no downstream dataset to evaluate or "
+                          "fine-tune VideoCLIP on (and finetune.datasets is empty)")
+    features = config.setdefault("features", {})
+    listed = features.setdefault("datasets", [])
+    listed += [n for n in videoclip_datasets(config) if n not in listed]
+    _check_model_reference("videoclip.init", vc["init"], config)
+
+
+def videoclip_datasets(config: dict) -> list[str]:
+    """Datasets VideoCLIP reads features of: its pre-training dataset (when on), then the downstream ones."""
+    vc = videoclip_section(config)
+    if not vc.get("enabled"):
+        return []
+    names = [vc["pretrain"]["dataset"]] if vc["pretrain"]["enabled"] else []
+    return names + [n for n in vc["finetune"]["datasets"] if n not in names]
+
+
+def _with_method(options: dict, where: str) -> dict:
+    if options.get("method", "videoclip") != "videoclip":
+        raise OptionError(f"{where}.method", f"{options['method']!r}: the videoclip section trains method videoclip "
+                          "(CLIP-ViP is the pretrain / finetune sections)")
+    return {**options, "method": "videoclip"}
+
+
+def videoclip_pretrain_options(config: dict) -> dict:
+    """``clipvip train --stage pretrain`` options of VideoCLIP post-pretraining (method videoclip's defaults)."""
+    return _with_method(videoclip_section(config)["pretrain"]["options"], "videoclip.pretrain.options")
+
+
+def videoclip_finetune_options(config: dict, dataset: str) -> dict:
+    """``clipvip train --stage finetune`` options of VideoCLIP on ``dataset``: ``VIDEOCLIP_FINETUNE_DEFAULTS``,
+    then ``videoclip.finetune.options``, then ``videoclip.finetune.per_dataset.<dataset>``."""
+    finetune = videoclip_section(config)["finetune"]
+    merged = {**VIDEOCLIP_FINETUNE_DEFAULTS, **finetune["options"], **finetune["per_dataset"].get(dataset, {})}
+    return _with_method(merged, f"videoclip.finetune.per_dataset.{dataset}")
+
+
+def videoclip_evaluate_options(config: dict, dataset: str) -> dict:
+    """``clipvip evaluate`` options of a VideoCLIP row: the dataset's text mode, then ``videoclip.evaluate.options``."""
+    return {"text_mode": config["datasets"][dataset]["text_mode"], **videoclip_section(config)["evaluate"]["options"]}
+
+
+def check_videoclip_options(config: dict) -> None:
+    """Every options block of the ``videoclip`` section, as its jobs will build them (part of
+    ``check_stage_options``; raises ``OptionError`` naming the key)."""
+    from clipvip.evaluate import EvaluateOptions
+    from clipvip.tiny_models import TinyBertOptions
+    from clipvip.trainer.options import TrainOptions
+
+    vc = videoclip_section(config)
+    if not vc.get("enabled"):
+        return
+    TinyBertOptions.from_dict(vc["tiny_bert"], "videoclip.tiny_bert")
+    if vc["pretrain"]["enabled"]:
+        TrainOptions.from_dict(videoclip_pretrain_options(config), "pretrain", "videoclip.pretrain.options")
+    finetune = vc["finetune"]
+    shared = _with_method({**VIDEOCLIP_FINETUNE_DEFAULTS, **finetune["options"]}, "videoclip.finetune.options")
+    TrainOptions.from_dict(shared, "finetune", "videoclip.finetune.options")
+    for name in finetune["datasets"]:
+        TrainOptions.from_dict(videoclip_finetune_options(config, name), "finetune",
+                               f"videoclip.finetune.per_dataset.{name}")
+        EvaluateOptions.from_dict(videoclip_evaluate_options(config, name), "videoclip.evaluate.options")

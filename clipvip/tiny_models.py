@@ -20,6 +20,18 @@ knows *what* is in a frame and nothing about motion; losses are in ``OUT/pretrai
 Both captioner kinds use the real CLIP BPE tokenizer (``clipvip.tokenizer.build_clip_tokenizer``), so no
 vocabulary download is needed; ``<|startoftext|>`` starts and ``<|endoftext|>`` ends (and pads) a caption.
 A random captioner writes gibberish, but deterministically (greedy/beam search, fixed seed).
+
+VideoCLIP's tiny BERT (the demo's stand-in for ``bert-base-uncased``; ``--only bert``, its own workflow rule so
+that building it never reruns the CLIP and captioner):
+
+    clipvip tiny-models --out R/pretrained --only bert --corpus R/demo/annotations/demo_pretrain_train.jsonl ... \
+        --options '{"bert": {"hidden_size": 64, "layers": 4}}'
+
+writes ``OUT/bert`` (atomically): a seeded random ``BertModel`` built from a ``BertConfig`` (``TinyBertOptions``)
+and a WordPiece ``BertTokenizerFast`` whose vocabulary is trained on the ``text`` of the ``--corpus`` annotation
+JSONLs (``clipvip.model.videoclip.build_tiny_bert``); ``VideoCLIPModel.from_pretrained(OUT/bert)`` loads it as it
+would the hub BERT. It is *not* pre-trained on text (bert-base-uncased is): VideoCLIP starts from a random text
+tower on the demo.
 """
 from __future__ import annotations
 
@@ -29,7 +41,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from clipvip.registry import TINY_CAPTIONERS
-from clipvip.stage import StageOptions, option, parse_options, stage_main, write_json_atomic
+from clipvip.stage import (OptionError, StageOptions, UserError, atomic_path, option, parse_options,
+                           stage_main, write_json_atomic)
 
 
 @dataclass
@@ -78,17 +91,36 @@ class TinyTrainOptions(StageOptions):
 
 
 @dataclass
+class TinyBertOptions(StageOptions):
+    STAGE = "tiny-models"
+    hidden_size: int = option(64, "BERT width (the tiny CLIP's text width)", minimum=8)
+    layers: int = option(4, "BERT layers (VideoCLIP's video tower takes the first num_video_layers)", minimum=1)
+    heads: int = option(2, "attention heads", minimum=1)
+    intermediate_size: int = option(256, "MLP width (4 x hidden, as BERT)", minimum=8)
+    max_position_embeddings: int = option(128, "positions: >= VideoCLIP's max_text_len (63) and max_video_len + 2 "
+                                          "(34)", minimum=8)
+    vocab_size: int = option(1000, "WordPiece vocabulary size (at most; learnt from --corpus)", minimum=16)
+    seed: int = option(0, "init seed")
+
+    def check(self, where: str) -> None:
+        if self.hidden_size % self.heads:
+            raise OptionError(f"{where}.heads", f"hidden_size {self.hidden_size} is not a multiple of {self.heads}")
+
+
+@dataclass
 class TinyModelsOptions(StageOptions):
     STAGE = "tiny-models"
     clip: dict = option({}, "TinyClipOptions of the tiny CLIP")
     captioner: dict = option({}, "TinyCaptionerOptions of the tiny captioner")
     train: dict = option({}, "TinyTrainOptions: image-text pre-training of both (default: none, random models)")
+    bert: dict = option({}, "TinyBertOptions of VideoCLIP's tiny BERT (built only with --only bert)")
 
     def check(self, where: str) -> None:
         # Nested sections are checked (and filled) by their own options classes.
         self.clip = TinyClipOptions.from_dict(self.clip, f"{where}.clip").to_dict()
         self.captioner = TinyCaptionerOptions.from_dict(self.captioner, f"{where}.captioner").to_dict()
         self.train = TinyTrainOptions.from_dict(self.train, f"{where}.train").to_dict()
+        self.bert = TinyBertOptions.from_dict(self.bert, f"{where}.bert").to_dict()
 
 
 def _text_ids(tokenizer) -> dict:
@@ -304,12 +336,64 @@ def build_tiny_models(out_dir, options: dict | None = None) -> dict:
     return done
 
 
+def corpus_texts(paths) -> list[str]:
+    """Every ``text`` (a string or a list of strings) of annotation JSONLs, in file order; a line without text
+    (e.g. timed subtitles) contributes its subtitle lines' texts."""
+    texts = []
+    for path in paths:
+        with open(path) as fh:
+            for number, line in enumerate(fh, 1):
+                if not line.strip():
+                    continue
+                try:
+                    record = json.loads(line)
+                except ValueError as exc:
+                    raise UserError(f"--corpus {path}:{number}: not JSON ({exc})") from None
+                value = record.get("text") if isinstance(record, dict) else None
+                if value is None and isinstance(record, dict) and isinstance(record.get("subtitles"), list):
+                    value = [s.get("text") for s in record["subtitles"] if isinstance(s, dict)]
+                values = [value] if isinstance(value, str) else list(value or [])
+                texts += [t for t in values if isinstance(t, str) and t.strip()]
+    if not texts:
+        raise UserError(f"--corpus {' '.join(map(str, paths)) or '(none)'}: no text to learn a vocabulary from")
+    return texts
+
+
+def build_demo_bert(out_dir, corpus: list[str], options: dict | TinyBertOptions | None = None) -> Path:
+    """``out_dir``: a tiny random BERT + WordPiece tokenizer learnt from ``corpus`` (written atomically)."""
+    import shutil
+
+    from clipvip.model.videoclip import build_tiny_bert
+
+    o = options if isinstance(options, TinyBertOptions) else TinyBertOptions.from_dict(options)
+    out = Path(out_dir)
+    with atomic_path(out) as tmp:
+        build_tiny_bert(tmp, hidden_size=o.hidden_size, layers=o.layers, heads=o.heads,
+                        intermediate_size=o.intermediate_size, max_position_embeddings=o.max_position_embeddings,
+                        vocab_size=o.vocab_size, corpus=corpus, seed=o.seed)
+        write_json_atomic(tmp / "tiny_bert.json", {"options": o.to_dict(), "corpus_texts": len(corpus)})
+        if out.exists():
+            shutil.rmtree(out)
+    return out
+
+
 @stage_main("tiny-models")
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="clipvip tiny-models", description=__doc__.splitlines()[0])
-    parser.add_argument("--out", required=True, help="folder for clip/, captioner/ and DONE.json")
+    parser.add_argument("--out", required=True, help="folder for clip/, captioner/ and DONE.json (or bert/)")
     parser.add_argument("--options", default=None,
-                        help='JSON: {"clip": {build_tiny_clip kwargs}, "captioner": {"kind": "blip"|"git", ...}}')
+                        help='JSON: {"clip": {build_tiny_clip kwargs}, "captioner": {"kind": "blip"|"git", ...}, '
+                             '"bert": {TinyBertOptions}}')
+    parser.add_argument("--only", choices=("bert",), default=None,
+                        help="bert: build only OUT/bert (VideoCLIP's tiny BERT), leave clip/, captioner/ alone")
+    parser.add_argument("--corpus", nargs="+", default=[],
+                        help="--only bert: annotation JSONLs whose texts the WordPiece vocabulary is learnt from")
     args = parser.parse_args(argv)
-    print(json.dumps(build_tiny_models(args.out, TinyModelsOptions.from_dict(parse_options(args.options))), indent=2))
+    opts = TinyModelsOptions.from_dict(parse_options(args.options))
+    if args.only == "bert":
+        print(build_demo_bert(Path(args.out) / "bert", corpus_texts(args.corpus), opts.bert))
+        return 0
+    if args.corpus:
+        parser.error("--corpus is only used with --only bert")
+    print(json.dumps(build_tiny_models(args.out, opts), indent=2))
     return 0

@@ -164,3 +164,36 @@ def test_demo_claims_pass_and_fail_marks(tmp_path):
     table = pd.read_csv(tmp_path / "t" / "demo_claims.csv")
     assert list(table["holds"]) == ["pass", "FAIL", "FAIL", "pass", "pass"]
     assert "FAIL" in (tmp_path / "t" / "demo_claims.md").read_text()
+
+
+def test_videoclip_rows_beside_clip_vip(tmp_path, metric_files):
+    """VideoCLIP evaluations (``clipvip evaluate`` on a VideoCLIP folder: no order_acc, a ``protocol`` key) become
+    rows "VideoCLIP | zero-shot" and "VideoCLIP | fine-tuned" after CLIP-ViP's, in every table."""
+    paths = list(metric_files)
+    for k, stage in enumerate(("zero-shot", "fine-tuned")):
+        for d, dataset in enumerate(DATASETS):
+            row = {"method": "VideoCLIP", "stage": stage, "encoder": "videoclip", "loss": "videoclip",
+                   "dataset": dataset, "split": "test"}
+            data = {**row, "row_keys": list(row), "num_queries": 32, "num_videos": 32, "missing_clips": 0,
+                    "missing_ids": [], "complete": True, "protocol": "first 32 s of features",
+                    "model": f"vc{k}", "options": {"batch_size": 32}, "seconds": 1.0}
+            data.update({key: _metrics(5 + k, d, key) for key in ("t2v", "v2t", "t2v_dsl", "v2t_dsl")})
+            path = tmp_path / "eval" / f"videoclip-{stage}" / dataset / "test.json"
+            path.parent.mkdir(parents=True)
+            path.write_text(json.dumps(data))
+            paths.append(str(path))
+    out = tmp_path / "tables"
+    assert main(["--metrics", *paths, "--out-dir", str(out)]) == 0
+    wide = pd.read_csv(out / "retrieval.csv")
+    assert list(wide["method"]) == ["CLIP", "CLIP-ViP", "CLIP-ViP", "VideoCLIP", "VideoCLIP"]
+    assert list(wide["stage"][3:]) == ["zero-shot", "fine-tuned"]
+    assert wide.iloc[3]["demo_msrvtt t2v R@1"] == pytest.approx(50.1)
+    assert wide.iloc[4]["demo_didemo v2t R@5"] == pytest.approx(62.2)
+    assert pd.isna(wide.iloc[4]["demo_didemo order_acc"])
+    md = (out / "retrieval.md").read_text()
+    summary = md.split("## Summary", 1)[1].split("## demo_msrvtt", 1)[0]
+    lines = [ln for ln in summary.splitlines() if ln.startswith("| VideoCLIP")]
+    assert [ln.split("|")[2].strip() for ln in lines] == ["zero-shot", "fine-tuned"]
+    assert "61.1" in lines[1] and "60.1" in lines[1]                # fine-tuned t2v R@1 on both sets
+    long = pd.read_csv(out / "retrieval_long.csv")
+    assert "protocol" not in wide.columns[:4] and set(long["protocol"].dropna()) == {"first 32 s of features"}

@@ -261,8 +261,11 @@ def test_videoclip_options_defaults_and_refusals():
     assert TrainOptions.from_dict({}, "pretrain").method == "clipvip"
     with pytest.raises(OptionError, match="loss"):
         TrainOptions.from_dict({"method": "videoclip", "loss": "vs"}, "pretrain")
-    with pytest.raises(OptionError, match="batching"):
-        TrainOptions.from_dict({"method": "videoclip", "batching": "retrieval"}, "pretrain")
+    # retrieval batching: the official k = 32 videos x 16 clips fill the official 512-pair batch; a batch that is
+    # not whole clusters is refused
+    assert TrainOptions.from_dict({"method": "videoclip", "batching": "retrieval"}, "pretrain").batching == "retrieval"
+    with pytest.raises(OptionError, match="batch_size"):
+        TrainOptions.from_dict({"method": "videoclip", "batching": "retrieval", "batch_size": 100}, "pretrain")
 
 
 def test_videoclip_two_step_training_export_and_resume(videoclip_data, tmp_path):
@@ -336,3 +339,116 @@ def test_evaluate_videoclip_first_32_seconds_and_result_shape(videoclip_data):
     result = evaluate_videoclip(model, tok, features, anns, batch_size=3)
     assert {"t2v", "v2t", "t2v_dsl", "v2t_dsl"} <= set(result) and result["missing_ids"] == ["absent"]
     assert set(result["t2v"]) >= {"R1", "R5", "R10", "MdR", "MnR"} and result["num_videos"] == 8
+
+
+# ------------------------------------------------------------------------------------------ workflow rules
+SCHEMA = REPO / "workflow" / "schemas" / "config.schema.yaml"
+OVERLAY = REPO / "presets" / "demo_videoclip.yaml"
+
+
+def _demo_with_overlay(**videoclip) -> dict:
+    """config.yaml merged with presets/demo_videoclip.yaml (as --configfile does), videoclip keys replaced."""
+    import yaml
+    from snakemake.utils import update_config
+
+    config = yaml.safe_load((REPO / "config.yaml").read_text())
+    update_config(config, yaml.safe_load(OVERLAY.read_text()))
+    config["videoclip"].update(videoclip)
+    return config
+
+
+def test_videoclip_section_defaults_options_and_refusals():
+    from clipvip.config import (ConfigError, validate_config, videoclip_datasets, videoclip_evaluate_options,
+                                videoclip_finetune_options, videoclip_pretrain_options)
+
+    import yaml
+
+    off = validate_config(yaml.safe_load((REPO / "config.yaml").read_text()), SCHEMA)
+    assert off["videoclip"]["enabled"] is False and off["features"]["datasets"] == []  # off by default
+    assert videoclip_datasets(off) == []
+    config = validate_config(_demo_with_overlay(), SCHEMA)
+    vc = config["videoclip"]
+    assert vc["pretrain"]["dataset"] == "demo_pretrain"                       # default: pretrain.dataset
+    assert vc["finetune"]["datasets"] == ["demo_msrvtt", "demo_didemo"]       # default: finetune.datasets
+    assert vc["init"] == "results/pretrained/bert"
+    assert config["features"]["datasets"] == ["demo_pretrain", "demo_msrvtt", "demo_didemo"]
+    pre = videoclip_pretrain_options(config)
+    assert pre["method"] == "videoclip" and pre["max_steps"] == config["pretrain"]["options"]["max_steps"]
+    assert pre["batch_size"] == config["pretrain"]["options"]["batch_size"]   # the CLIP-ViP demo's budget
+    msr, dd = videoclip_finetune_options(config, "demo_msrvtt"), videoclip_finetune_options(config, "demo_didemo")
+    assert (msr["pair_sampling"], msr["clips_per_video"], msr["max_steps"], dd["max_steps"]) == ("clip", 1, 300, 200)
+    assert dd["max_steps"] == config["finetune"]["per_dataset"]["demo_didemo"]["max_steps"]
+    assert videoclip_evaluate_options(config, "demo_didemo")["text_mode"] == "join"
+    # typos and bad values stop the config check, naming the key
+    cases = [
+        ({"enable": True}, r"config error at videoclip: Additional properties are not allowed \('enable'"),
+        ({"pretrain": {"option": {}}}, r"config error at videoclip\.pretrain: Additional properties .*'option'"),
+        ({"finetune": {"options": {"max_step": 5}}},
+         r"config error at videoclip\.finetune\.options\.max_step: unknown option .*did you mean max_steps\?"),
+        ({"pretrain": {"options": {"method": "clipvip"}}},
+         r"config error at videoclip\.pretrain\.options\.method: 'clipvip'"),
+        ({"pretrain": {"options": {"lr": "fast"}}}, r"config error at videoclip\.pretrain\.options\.lr: 'fast'"),
+        ({"finetune": {"datasets": ["nope"]}}, r"config error at videoclip\.finetune\.datasets\.0: 'nope' is not"),
+        ({"finetune": {"per_dataset": {"demo_pretrain": {}}}},
+         r"config error at videoclip\.finetune\.per_dataset\.demo_pretrain: not listed"),
+        ({"tiny_bert": {"hidden": 8}}, r"config error at videoclip\.tiny_bert\.hidden: unknown option"),
+        ({"evaluate": {"options": {"batchsize": 8}}}, r"config error at videoclip\.evaluate\.options\.batchsize"),
+        ({"init": "/no/such/bert"}, r"config error at videoclip\.init: '/no/such/bert' looks like a folder"),
+    ]
+    for section, message in cases:
+        with pytest.raises(ConfigError, match=message):
+            validate_config(_demo_with_overlay(**section), SCHEMA)
+
+
+def test_tiny_bert_from_the_demo_corpus(tmp_path):
+    from transformers import AutoTokenizer
+
+    from clipvip.model.videoclip import VideoCLIPModel
+    from clipvip.stage import UserError
+    from clipvip.tiny_models import TinyBertOptions, build_demo_bert, corpus_texts
+
+    plain = tmp_path / "plain.jsonl"
+    plain.write_text('{"clip_id": "a", "text": "um the zorbly square goes left"}\n\n'
+                     '{"clip_id": "b", "text": ["a blue circle moves up.", "then it moves right."]}\n')
+    timed = tmp_path / "timed.jsonl"
+    timed.write_text(json.dumps({"clip_id": "c", "subtitles": [{"start": 0, "end": 1, "text": "whisk the eggs"}]}))
+    texts = corpus_texts([plain, timed])
+    assert texts == ["um the zorbly square goes left", "a blue circle moves up.", "then it moves right.",
+                     "whisk the eggs"]
+    out = build_demo_bert(tmp_path / "bert", texts, {"hidden_size": 16, "layers": 2, "intermediate_size": 32})
+    tok = AutoTokenizer.from_pretrained(str(out))
+    assert tok.unk_token_id not in tok("the zorbly circle moves up. whisk")["input_ids"]  # vocabulary of the corpus
+    model = VideoCLIPModel.from_pretrained(out, feature_dim=24, num_video_layers=1)
+    assert model.feature_dim == 24 and model.bert_config.hidden_size == 16
+    assert json.loads((out / "tiny_bert.json").read_text())["corpus_texts"] == 4
+    assert not list(tmp_path.glob(".bert.tmp-*"))
+    with pytest.raises(UserError, match="no text"):
+        corpus_texts([])
+    with pytest.raises(OptionError, match="heads"):
+        TinyBertOptions.from_dict({"hidden_size": 30, "heads": 4})
+
+
+def test_videoclip_overlay_dry_run_lists_the_rules(tmp_path):
+    import re
+
+    snakemake = str(Path(sys.executable).with_name("snakemake"))
+    proc = subprocess.run([snakemake, "-n", "--nolock", "--configfile", str(REPO / "config.yaml"), str(OVERLAY),
+                           "--config", f"results={tmp_path}/r"], cwd=REPO, capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    jobs = {m.group(1): int(m.group(2)) for m in re.finditer(r"^(\w+)\s+(\d+)\s*$",
+                                                              proc.stdout.split("Job stats:", 1)[1], re.M)}
+    assert jobs["tiny_bert"] == 1 and jobs["videoclip_pretrain"] == 1 and jobs["videoclip_finetune"] == 2
+    assert jobs["videoclip_evaluate"] == 4 and jobs["features_index"] == 3 and jobs["tables"] == 1
+    r = f"{tmp_path}/r"
+    for stage in ("zeroshot", "finetuned"):
+        for ds in ("demo_msrvtt", "demo_didemo"):
+            assert f"{r}/eval/videoclip-{stage}/{ds}/test.json" in proc.stdout
+    assert f"--init {r}/pretrained/bert" in proc.stdout                      # pretrain from the tiny BERT
+    assert f"--init {r}/runs/videoclip/pretrain/model" in proc.stdout        # fine-tune from the post-pretrained
+    assert f"--frames-index {r}/features/demo_msrvtt/index.json" in proc.stdout
+    # the tables job reads the VideoCLIP evaluations beside CLIP-ViP's
+    tables = proc.stdout.split("rule tables:", 1)[1].split("rule ", 1)[0]
+    assert f"{r}/eval/videoclip-finetuned/demo_didemo/test.json" in tables
+    assert f"{r}/eval/finetuned-vip-vsc_fc/demo_didemo/test.json" in tables
+    assert not (tmp_path / "r").exists()

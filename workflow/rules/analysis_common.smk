@@ -131,8 +131,12 @@ def data_scale_subset(fraction):
 
 
 def pretrain_annotations(variant):
-    """The pre-training annotations (Arrow table); a data-scale variant (``...-scale0p1``) reads its subset file."""
+    """The pre-training annotations (Arrow table); a data-scale variant (``...-scale0p1``) reads its subset file,
+    an overlapped / aligned variant the annotation JSONL (timed subtitles)."""
     fraction = VARIANTS[variant].get("data_scale")
+    if VARIANTS[variant].get("pair_sampling", "clip") != "clip":
+        # Windows need the timed subtitles of the annotation JSONL (the Arrow table has one text per clip).
+        return DATASETS[PRETRAIN["dataset"]]["annotations"]["train"]
     if fraction is None:
         # The memory-mapped Arrow table (annotations_table in frames.smk): every rank and DataLoader worker shares
         # it through the page cache instead of holding its own list of every subtitle (docs/corpus_scale.md).

@@ -21,15 +21,17 @@ VARIANTS = variants(config)
 DEMO = config["demo"]
 DEMO_DIR = f"{R}/demo"
 PRETRAINED_DIR = f"{R}/pretrained"
+# <encoder>-<loss>[-overlapped|-aligned][-retrieval] (clipvip.config.variants), and data-scale study variants
+# <variant>-scale<fraction> (vip-vsc_fc-scale0p1)
+VARIANT_RE = "[A-Za-z0-9_]+-[A-Za-z0-9_]+(?:-(?:overlapped|aligned))?(?:-retrieval)?(?:-scale[0-9p]+)?"
 
 
 wildcard_constraints:
     ds="[A-Za-z0-9_.]+",
     shard="[0-9]{5}",
-    # <encoder>-<loss>, and data-scale study variants <encoder>-<loss>-scale<fraction> (vip-vsc_fc-scale0p1)
-    variant="[A-Za-z0-9_]+-[A-Za-z0-9_]+(?:-scale[0-9p]+)?",
+    variant=VARIANT_RE,
     split="train|val|test",
-    row="base|(?:pretrained|finetuned)-[A-Za-z0-9_]+-[A-Za-z0-9_]+(?:-scale[0-9p]+)?",
+    row=f"base|(?:pretrained|finetuned)-{VARIANT_RE}",
 
 
 def as_json(value):
@@ -78,7 +80,7 @@ def shards(ds):
 
 def frames_options(ds):
     opts = {k: v for k, v in config["frames"].items() if k != "shard_size"}
-    return {**opts, "num_frames": DATASETS[ds]["num_frames"]}
+    return {**opts, **DATASETS[ds].get("frames", {}), "num_frames": DATASETS[ds]["num_frames"]}
 
 
 def frame_index(ds):
@@ -182,6 +184,10 @@ def row_identity(wc):
                 "encoder": VARIANTS[variant]["video_encoder"], "loss": VARIANTS[variant]["loss"]}
     if "data_scale" in VARIANTS[variant]:  # data-scale study rows: their own table rows ("-" = all data)
         identity["data"] = f"{VARIANTS[variant]['data_scale']:g}"
+    # VideoCLIP's ideas (ablation.pair_sampling / batching): own columns, "-" = the defaults (clip, random)
+    for key, column in (("pair_sampling", "pairs"), ("batching", "batching")):
+        if key in VARIANTS[variant]:
+            identity[column] = VARIANTS[variant][key]
     return identity
 
 

@@ -53,7 +53,7 @@ rule recognition_evaluate:
     output:
         metrics=f"{R}/eval_recognition/{{rrow}}/{{ds}}/{{split}}.json",
     wildcard_constraints:
-        rrow="clip|vita|pretrained-[A-Za-z0-9_]+-[A-Za-z0-9_]+(?:-scale[0-9p]+)?",
+        rrow=f"clip|vita|pretrained-{VARIANT_RE}",
     params:
         model=recognition_row_model,
         classes=lambda wc: recognition_classes(wc.ds),

@@ -3,8 +3,8 @@
 
 rule tables:
     input:
-        metrics=eval_targets(),
-        train_logs=train_logs(),
+        metrics=eval_targets() + videoclip_eval_targets(),  # VideoCLIP rows: videoclip.smk (when enabled)
+        train_logs=train_logs() + videoclip_train_logs(),
         # the demo's claims table is built beside the retrieval tables (so `snakemake` and the report include it)
         claims=[f"{R}/tables/demo_claims.md"] if DEMO["enabled"] else [],
     output:
