@@ -225,6 +225,7 @@ def _random_forward_spec(rng, options: DemoOptions, clip_id: str, split: str) ->
     step = float(min(options.frame_size / 16, room / max(extent.max(), 1)))
     low = 2 + reach - unit_path.min(0) * step
     high = options.frame_size - 2 - reach - unit_path.max(0) * step
+    high = np.maximum(high, low)  # a path that spans exactly the room: high == low up to rounding
     start = tuple(float(rng.uniform(lo, hi)) for lo, hi in zip(low, high))
     return ClipSpec(clip_id, split, colour, shape, background, motions, None, False, start, step)
 
