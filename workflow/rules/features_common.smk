@@ -10,7 +10,9 @@ for _ds in FEATURE_DATASETS:
 if FEATURE_DATASETS:
     # Checked at parse time like every stage's options (a typo fails `snakemake -n` naming the key).
     _FEATURE_OPTS = FeatureOptions.from_dict(FEATURES.get("options") or {}, "features.options")
-    FEATURES_GPU = 1 if getattr(FEATURE_EXTRACTORS.get(_FEATURE_OPTS.extractor), "wants_gpu", False) else 0
+    # A GPU only where the extractor wants one and the options do not pin the CPU (the demo's device: cpu).
+    _WANTS_GPU = getattr(FEATURE_EXTRACTORS.get(_FEATURE_OPTS.extractor), "wants_gpu", False)
+    FEATURES_GPU = 1 if _WANTS_GPU and _FEATURE_OPTS.device != "cpu" else 0
 else:
     _FEATURE_OPTS, FEATURES_GPU = None, 0
 
