@@ -32,6 +32,7 @@ STAGES: dict[str, tuple[str, str]] = {
     "evaluate-recognition": ("clipvip.evaluate_recognition:main", "action-recognition top-1/top-5 (supervised or zero-shot)"),
     "recognition-tables": ("clipvip.recognition_tables:main", "aggregate recognition metrics into CSV/Markdown tables"),
     "convert-vita": ("clipvip.model.vita_official:main", "turn the released Vita-CLIP .pth into a model folder"),
+    "convert-videoclip": ("clipvip.model.videoclip:main", "turn the released MMPT VideoCLIP checkpoint_best.pt into a model folder"),
     "domain-gap": ("clipvip.analysis.domain_gap:main", "language-domain gap between text corpora (K-means NMI)"),
     "data-scale-subset": ("clipvip.analysis.data_scale:subset_main", "nested subset of the pre-training annotations"),
     "data-scale-plot": ("clipvip.analysis.data_scale:plot_main", "downstream R@1 against post-pretraining data size"),

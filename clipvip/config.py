@@ -403,9 +403,13 @@ def _check_videoclip_references(config: dict) -> None:
                               f"({', '.join(datasets)})")
         if datasets[name].get("task") == "recognition":
             raise ConfigError(f"config error at videoclip.finetune.datasets.{i}: {name!r} is a recognition dataset")
-        if "train" not in datasets[name]["annotations"]:
+        if finetune["enabled"] and "train" not in datasets[name]["annotations"]:
             raise ConfigError(f"config error at datasets.{name}.annotations: VideoCLIP fine-tuning needs a 'train' "
-                              "split")
+                              "split (or videoclip.finetune.enabled: false, zero-shot rows only)")
+        split = (config.get("evaluate") or {}).get("split", "test")
+        if not finetune["enabled"] and split not in datasets[name]["annotations"]:
+            raise ConfigError(f"config error at datasets.{name}.annotations: no {split!r} split to evaluate "
+                              "VideoCLIP zero-shot on")
     for name in finetune["per_dataset"]:
         if name not in finetune["datasets"]:
             raise ConfigError(f"config error at videoclip.finetune.per_dataset.{name}: not listed in "
@@ -449,8 +453,10 @@ def videoclip_finetune_options(config: dict, dataset: str) -> dict:
 
 
 def videoclip_evaluate_options(config: dict, dataset: str) -> dict:
-    """``clipvip evaluate`` options of a VideoCLIP row: the dataset's text mode, then ``videoclip.evaluate.options``."""
-    return {"text_mode": config["datasets"][dataset]["text_mode"], **videoclip_section(config)["evaluate"]["options"]}
+    """``clipvip evaluate`` options of a VideoCLIP row: the dataset's text mode, the official text length (61 tokens
+    + [CLS]/[SEP] = 63, MMPT's max_len 96 - 32 video tokens - 3), then ``videoclip.evaluate.options``."""
+    return {"text_mode": config["datasets"][dataset]["text_mode"], "max_text_len": 63,
+            **videoclip_section(config)["evaluate"]["options"]}
 
 
 def check_videoclip_options(config: dict) -> None:

@@ -21,6 +21,11 @@ than ``max_missing_fraction`` of the split's clips are missing (default: 0 for `
 fails --, 0.05 for other splits), the stage exits 2 with one line naming the first missing clips, their
 count and the frames failure manifest that records why, and writes nothing. With a raised threshold the
 numbers are written with ``complete: false`` and ``clipvip tables`` marks them.
+
+A VideoCLIP model folder (``clipvip.videoclip_eval.is_videoclip_folder``): ``--frames-index`` names the feature
+index (``clipvip features``); the same missing-clip policy (checked against the feature shards' failure
+manifests) and output fields, ``max_text_len`` capped by its BERT (the value used is ``max_text_len`` in the
+output; 63 is the official VideoCLIP length), ``order_acc`` with its per-second features reversed.
 """
 from __future__ import annotations
 
@@ -135,13 +140,22 @@ def run(model_dir: str, frames_index: str, annotations: str, out: str, row: dict
         anns = read_annotations(annotations, opts.text_mode)
     except ValueError as exc:
         raise UserError(str(exc)) from None
-    from clipvip.videoclip_eval import evaluate_videoclip_folder, is_videoclip_folder
+    from clipvip.videoclip_eval import is_videoclip_folder
 
     if is_videoclip_folder(model_dir):  # VideoCLIP: --frames-index names the feature index (`clipvip features`)
-        result = evaluate_videoclip_folder(model_dir, frames_index, anns, batch_size=opts.batch_size,
-                                           device=opts.device, dsl=opts.dsl, v2t_dsl=opts.v2t_dsl)
+        from clipvip.videoclip_eval import FeatureMissingView, evaluate_videoclip_folder, open_feature_index
+
+        features = open_feature_index(frames_index)
+        limit = opts.missing_limit(split)
+        missing = check_missing(FeatureMissingView(features, frames_index), anns, annotations, split, limit)
+        if len(missing) == len(anns):  # only with max_missing_fraction 1.0
+            raise UserError(f"none of the {len(anns)} {split} clips of {annotations} has features in {frames_index}")
+        result = evaluate_videoclip_folder(model_dir, features, anns, batch_size=opts.batch_size,
+                                           device=opts.device, dsl=opts.dsl, v2t_dsl=opts.v2t_dsl,
+                                           max_text_len=opts.max_text_len, order_acc=opts.order_acc)
         data = {**row, "row_keys": list(row), **result, "complete": not result["missing_ids"],
-                "model": str(model_dir), "options": opts.to_dict(), "seconds": round(time.perf_counter() - started, 3)}
+                "max_missing_fraction": limit, "model": str(model_dir), "options": opts.to_dict(),
+                "seconds": round(time.perf_counter() - started, 3)}
         write_json_atomic(out, data)
         return data
     index = FrameIndex(frames_index)

@@ -541,6 +541,35 @@ def test_mmpt_checkpoint_loader_matches_official_forward(tmp_path):
     torch.testing.assert_close(ours_t, ref_t, atol=1e-5, rtol=1e-5)
 
 
+def test_convert_videoclip_cli_writes_a_loadable_folder(tmp_path):
+    """``clipvip convert-videoclip``: the released layout -> a folder ``VideoCLIPModel.from_pretrained`` and the
+    tokenizer load, with the same encodings as the in-memory loader; a bad path is one line, exit 2."""
+    from transformers import AutoTokenizer
+
+    from clipvip.cli import main as cli
+    from clipvip.model.videoclip import VideoCLIPModel, build_tiny_bert, load_mmpt_checkpoint
+
+    bert = build_tiny_bert(tmp_path / "bert", hidden_size=32, layers=1, heads=2, vocab_size=120)
+    tok = AutoTokenizer.from_pretrained(bert)
+    state, _ = _mmpt_state(vocab=len(tok))
+    torch.save({"model": state}, tmp_path / "checkpoint_best.pt")
+    out = tmp_path / "converted"
+    assert cli(["convert-videoclip", "--checkpoint", str(tmp_path / "checkpoint_best.pt"), "--tokenizer", str(bert),
+                "--out", str(out)]) == 0
+    loaded = VideoCLIPModel.from_pretrained(out).eval()
+    ref = load_mmpt_checkpoint({"model": state}, num_attention_heads=2, cls_token_id=tok.cls_token_id,
+                               sep_token_id=tok.sep_token_id).eval()
+    feats, mask = torch.randn(2, 5, 16), torch.ones(2, 5, dtype=torch.bool)
+    ids = tok(["a red square moves left", "open the door"], padding=True, return_tensors="pt")
+    with torch.no_grad():
+        torch.testing.assert_close(loaded.encode_video(feats, mask), ref.encode_video(feats, mask))
+        torch.testing.assert_close(loaded.encode_text(ids.input_ids, ids.attention_mask),
+                                   ref.encode_text(ids.input_ids, ids.attention_mask))
+    assert AutoTokenizer.from_pretrained(out).get_vocab() == tok.get_vocab()
+    assert cli(["convert-videoclip", "--checkpoint", str(tmp_path / "nope.pt"), "--tokenizer", str(bert),
+                "--out", str(tmp_path / "x")]) == 2
+
+
 def test_mmpt_checkpoint_loader_refuses_missing_and_unexpected_keys():
     from clipvip.model.videoclip import load_mmpt_checkpoint
 
@@ -604,3 +633,279 @@ def test_clip_extractor_middle_frame_of_each_second(tmp_path):
     # second 2's feature is frame 5's image feature
     alone = ex.extract(frames[5:6], np.array([0.5]), duration=1.0)
     np.testing.assert_allclose(feats[2].astype(np.float32), alone[0].astype(np.float32), atol=2e-3)
+
+
+# ================================================================================================ caption sampling
+CAPTIONS = ["a red square moves left", "the blue circle moves up", "a green star moves right",
+            "the white triangle moves down", "a yellow square moves left, then up"]
+
+
+def test_subtitles_keep_the_captions_of_a_list_record(tmp_path):
+    path = _write(tmp_path / "s.jsonl", [{"clip_id": "m", "text": [" a ", "b c"]},
+                                         {"clip_id": "s", "text": "one"},
+                                         {"clip_id": "t", "subtitles": [{"start": 0, "end": 1, "text": "x"}]}])
+    m, s, t = read_subtitles(path, durations={"m": 5.0})
+    assert m.captions == ("a", "b c") and m.lines == [SubtitleLine(0.0, 5.0, "a b c")]   # joined line unchanged
+    assert m.caption(1).lines == [SubtitleLine(0.0, 5.0, "b c")] and not m.caption(1).timed
+    assert s.captions == ("one",) and t.captions == ()
+    with pytest.raises(IndexError):
+        t.caption(0)
+    bad = _write(tmp_path / "bad.jsonl", [{"clip_id": "m", "text": ["fine", "  "]}])
+    with pytest.raises(UserError, match=r"bad\.jsonl:1: text\[1\]: empty"):
+        read_subtitles(bad)
+
+
+class _DictFeatures:
+    """The part of ``FeatureIndex`` the VideoCLIP dataset and evaluation read."""
+
+    def __init__(self, clips: dict):
+        self.clips = clips
+
+    def __contains__(self, clip_id) -> bool:
+        return clip_id in self.clips
+
+    def features(self, clip_id):
+        return self.clips[clip_id]
+
+
+def _caption_dataset(tiny_bert, tmp_path, text_mode, pair_sampling="clip", seed=0):
+    from types import SimpleNamespace
+
+    from transformers import AutoTokenizer
+
+    from clipvip.trainer.videoclip_task import VideoCLIPDataset
+
+    path = _write(tmp_path / f"train_{text_mode}_{pair_sampling}.jsonl", [
+        {"clip_id": "m", "text": CAPTIONS},
+        {"clip_id": "t", "subtitles": [{"start": float(i), "end": i + 1.5, "text": CAPTIONS[i]} for i in range(5)]},
+    ])
+    rng = np.random.default_rng(0)
+    feats = _DictFeatures({"m": rng.standard_normal((10, 16)), "t": rng.standard_normal((10, 16))})
+    subs = {s.clip_id: s for s in read_subtitles(path, durations={"m": 10.0, "t": 10.0})}
+    opts = SimpleNamespace(clips_per_video=3, max_video_len=8, max_text_len=63, pair_sampling=pair_sampling,
+                           text_mode=text_mode)
+    tok = AutoTokenizer.from_pretrained(tiny_bert)
+    return VideoCLIPDataset(feats, subs, tok, opts, seed=seed), tok
+
+
+@pytest.mark.parametrize("pair_sampling", ["clip", "overlapped"])
+def test_finetune_item_samples_one_caption_per_epoch_and_draw(tiny_bert, tmp_path, pair_sampling):
+    ds, tok = _caption_dataset(tiny_bert, tmp_path, "sample", pair_sampling)
+    again, _ = _caption_dataset(tiny_bert, tmp_path, "sample", pair_sampling)
+    assert ds.videos == ["m", "t"]
+    seen = {}
+    for epoch in range(12):
+        ds.set_epoch(epoch)
+        again.set_epoch(epoch)
+        for k in range(3):   # video "m", draws 0..2
+            item = ds[k]
+            assert item["clip_id"] == "m" and item["text"] in CAPTIONS          # exactly one caption, not joined
+            assert item["token_ids"] == tok(item["text"], add_special_tokens=False)["input_ids"][:61]
+            assert ds[k]["text"] == item["text"] == again[k]["text"]             # pure function of (epoch, k)
+            assert ds.caption_index("m", epoch, 0, k) == CAPTIONS.index(item["text"])
+            seen[epoch, k] = item["text"]
+    assert len({seen[e, 0] for e in range(12)}) > 1                              # other captions in other epochs
+    assert len({seen[e, k] for e in range(12) for k in range(3)}) == len(CAPTIONS)
+    other, _ = _caption_dataset(tiny_bert, tmp_path, "sample", pair_sampling, seed=1)
+    assert [other.caption_index("m", e, 0, 0) for e in range(12)] != [CAPTIONS.index(seen[e, 0]) for e in range(12)]
+
+
+@pytest.mark.parametrize("pair_sampling", ["clip", "overlapped"])
+def test_join_keeps_the_paragraph_and_timed_subtitles_are_unchanged(tiny_bert, tmp_path, pair_sampling):
+    joined, _ = _caption_dataset(tiny_bert, tmp_path, "join", pair_sampling)
+    sampled, _ = _caption_dataset(tiny_bert, tmp_path, "sample", pair_sampling)
+    for epoch in range(3):
+        joined.set_epoch(epoch)
+        sampled.set_epoch(epoch)
+        for k in range(3):
+            assert joined[k]["text"] == " ".join(CAPTIONS) and joined.caption_index("m", epoch, 0, k) is None
+        for k in range(3, 6):   # the timed clip: the same spans and windows whatever text_mode says
+            a, b = joined[k], sampled[k]
+            assert a["text"] == b["text"] and a["token_ids"] == b["token_ids"]
+            assert torch.equal(a["features"], b["features"])
+            assert sampled.caption_index("t", epoch, 1, k - 3) is None
+    if pair_sampling == "clip":
+        assert sampled[3]["text"] == " ".join(CAPTIONS)   # all lines of the timed clip
+
+
+def test_subtitle_annotations_follow_text_mode(tmp_path):
+    from clipvip.videoclip_eval import subtitle_annotations
+
+    path = _write(tmp_path / "val.jsonl", [{"clip_id": "m", "text": CAPTIONS[:2]},
+                                           {"clip_id": "t", "subtitles": [{"start": 0, "end": 1, "text": "x"},
+                                                                          {"start": 1, "end": 2, "text": "y"}]}])
+    subs = {s.clip_id: s for s in read_subtitles(path)}
+    assert subtitle_annotations(subs, "sample") == [{"clip_id": "m", "texts": CAPTIONS[:2]},
+                                                    {"clip_id": "t", "texts": ["x y"]}]
+    assert subtitle_annotations(subs, "join")[0] == {"clip_id": "m", "texts": [" ".join(CAPTIONS[:2])]}
+
+
+# ================================================================================================ evaluation
+def _eval_clips(lengths=(5, 12, 3, 9, 8), seed=0):
+    rng = np.random.default_rng(seed)
+    return {f"v{i}": rng.standard_normal((n, 16)).astype(np.float32) for i, n in enumerate(lengths)}
+
+
+def _order_reference(model, tok, clips, anns, max_text_len):
+    """Each caption's score with its video and with that video's first max_video_len rows reversed, one
+    clip at a time (no batching, no padding)."""
+    from clipvip.metrics import order_accuracy
+    from clipvip.videoclip_eval import text_batch
+
+    true, rev = [], []
+    with torch.no_grad():
+        for rec in anns:
+            f = clips[rec["clip_id"]][: model.max_video_len]
+            v = model.encode_video(torch.from_numpy(f)[None]).double()
+            vr = model.encode_video(torch.from_numpy(f[::-1].copy())[None]).double()
+            for text in rec["texts"]:
+                t = model.encode_text(*text_batch(model, tok, [text], max_text_len)).double()
+                true.append(float(t @ v.T))
+                rev.append(float(t @ vr.T))
+    return np.array(true), np.array(rev), order_accuracy(true, rev, tol=1e-6 * max(1.0, np.abs(true).max()))
+
+
+def test_evaluate_videoclip_order_acc_blind_vs_positional(model, tiny_bert):
+    import copy
+
+    from transformers import AutoTokenizer
+
+    from clipvip.videoclip_eval import evaluate_videoclip
+
+    tok = AutoTokenizer.from_pretrained(tiny_bert)
+    clips = _eval_clips()
+    anns = [{"clip_id": f"v{i}", "texts": [CAPTIONS[i]]} for i in range(5)]
+    feats = _DictFeatures(clips)
+    # position embeddings make the tower order-sensitive (scaled up: the tiny random BERT's are faint);
+    # the value equals the per-clip reference (clips of 3..12 s in batches of 3: each reversed before padding)
+    positional = copy.deepcopy(model)
+    with torch.no_grad():
+        positional.video_bert.embeddings.position_embeddings.weight.mul_(50.0)
+    true, rev, reference = _order_reference(positional, tok, clips, anns, 63)
+    assert np.all(np.abs(true - rev) > 1e-3 * np.abs(true).max())   # no tie: 5 queries, so the value is not 50
+    result = evaluate_videoclip(positional, tok, feats, anns, batch_size=3, order_acc=True)
+    assert result["order_acc"] == pytest.approx(reference) and result["order_acc"] != 50.0
+    assert "order_acc" not in evaluate_videoclip(positional, tok, feats, anns, batch_size=3)
+    # no position embeddings in the video BERT: a permutation-equivariant encoder, mean pooled -> order-blind
+    blind = copy.deepcopy(model)
+    with torch.no_grad():
+        blind.video_bert.embeddings.position_embeddings.weight.zero_()
+    assert evaluate_videoclip(blind, tok, feats, anns, batch_size=3, order_acc=True)["order_acc"] == 50.0
+
+
+def test_evaluate_videoclip_honours_max_text_len(model, tiny_bert):
+    from transformers import AutoTokenizer
+
+    from clipvip.videoclip_eval import effective_max_text_len, evaluate_videoclip
+
+    tok = AutoTokenizer.from_pretrained(tiny_bert)
+    clips = _eval_clips(lengths=(4, 6))
+    long_text = " ".join(["a red square moves left"] * 40)   # 200 words
+    anns = [{"clip_id": "v0", "texts": [long_text]}, {"clip_id": "v1", "texts": ["open the door"]}]
+    widths = []
+
+    class Spy:
+        def __init__(self, inner):
+            self.inner = inner
+
+        def __getattr__(self, name):
+            return getattr(self.inner, name)
+
+        def encode_text(self, ids, mask):
+            widths.append((ids.shape[1], mask.sum(1).tolist()))
+            return self.inner.encode_text(ids, mask)
+
+    spy = Spy(model)
+    short = evaluate_videoclip(spy, tok, _DictFeatures(clips), anns, max_text_len=12)
+    assert widths[-1][0] == 12 and widths[-1][1][0] == 12 and short["max_text_len"] == 12
+    official = evaluate_videoclip(spy, tok, _DictFeatures(clips), anns)   # default: 63
+    assert widths[-1][0] == 63 and official["max_text_len"] == 63
+    limit = model.bert_config.max_position_embeddings                      # 128 for the tiny BERT
+    capped = evaluate_videoclip(spy, tok, _DictFeatures(clips), anns, max_text_len=10_000)
+    assert widths[-1][0] == limit and capped["max_text_len"] == limit
+    with pytest.raises(ValueError, match="max_text_len"):
+        effective_max_text_len(model, 2)
+
+
+@pytest.fixture()
+def vc_eval_files(model, tiny_bert, tmp_path):
+    """A saved VideoCLIP folder, a feature index without clip "absent" (its failure in the shard's manifest)
+    and test annotations naming it."""
+    import h5py
+    from transformers import AutoTokenizer
+
+    from clipvip.data.feature_store import FEATURE_FORMAT, write_index
+    from clipvip.data.manifest import write_failures
+
+    folder = model.save_pretrained(tmp_path / "vc", tokenizer=AutoTokenizer.from_pretrained(tiny_bert))
+    clips = _eval_clips()
+    shard = tmp_path / "features" / "00000.h5"
+    shard.parent.mkdir()
+    with h5py.File(shard, "w") as fh:
+        fh.attrs.update({"format": FEATURE_FORMAT, "dim": 16, "extractor": "synthetic", "complete": True})
+        group = fh.create_group("clips")
+        for clip_id, f in clips.items():
+            group.create_dataset(clip_id, data=f.astype(np.float16)).attrs.update(
+                {"duration": float(len(f)), "seconds": len(f), "source": "synthetic"})
+    write_failures(tmp_path / "features" / "00000.failures.tsv", [("absent", "corrupt", "moov atom not found")])
+    write_index([shard], tmp_path / "features" / "index.json")
+    anns = _write(tmp_path / "test.jsonl", [{"clip_id": f"v{i}", "text": CAPTIONS[i]} for i in range(5)]
+                  + [{"clip_id": "absent", "text": "never scored"}])
+    return {"model": folder, "index": tmp_path / "features" / "index.json", "anns": anns}
+
+
+def test_clipvip_evaluate_videoclip_refuses_and_reports_missing_clips(vc_eval_files, tmp_path, capsys):
+    from clipvip import evaluate
+
+    f = vc_eval_files
+    out = tmp_path / "eval" / "test.json"
+    with pytest.raises(UserError) as err:   # split test: any missing clip fails, before any model is loaded
+        evaluate.run(str(f["model"]), str(f["index"]), str(f["anns"]), str(out), row={"split": "test"})
+    message = str(err.value)
+    assert "1 of 6 test clips" in message and "absent (corrupt)" in message
+    assert str(f["index"].parent / "00000.failures.tsv") in message and "max_missing_fraction" in message
+    assert not out.exists()
+    opts = {"max_missing_fraction": 0.2, "max_text_len": 20, "device": "cpu", "batch_size": 4}
+    code = evaluate.main(["--model", str(f["model"]), "--frames-index", str(f["index"]), "--annotations",
+                          str(f["anns"]), "--out", str(out), "--row", json.dumps({"split": "test"}),
+                          "--options", json.dumps(opts)])
+    assert code == 0
+    assert "INCOMPLETE: 1 annotated clips" in capsys.readouterr().err
+    data = json.loads(out.read_text())
+    assert data["missing_clips"] == 1 and data["missing_ids"] == ["absent"] and data["complete"] is False
+    assert data["max_missing_fraction"] == 0.2 and data["max_text_len"] == 20
+    assert data["num_videos"] == 5 and data["num_queries"] == 5 and 0 <= data["order_acc"] <= 100
+    # val: the default 5 % limit refuses 1 of 6 as well; a complete split reports complete: true
+    with pytest.raises(UserError, match="1 of 6 val clips"):
+        evaluate.run(str(f["model"]), str(f["index"]), str(f["anns"]), str(out), split="val")
+    full = _write(tmp_path / "full.jsonl", [{"clip_id": f"v{i}", "text": CAPTIONS[i]} for i in range(5)])
+    data = evaluate.run(str(f["model"]), str(f["index"]), str(full), str(out), options={"order_acc": False,
+                                                                                        "device": "cpu"})
+    assert data["complete"] is True and data["missing_ids"] == [] and "order_acc" not in data
+    assert data["max_text_len"] == 50   # EvaluateOptions' default, not a fixed 63
+
+
+def test_clipvip_evaluate_videoclip_needs_a_feature_index(vc_eval_files, tmp_path):
+    from clipvip import evaluate
+
+    f = vc_eval_files
+    bogus = _write(tmp_path / "frames_index.json", [{"shards": ["nope.h5"]}])
+    with pytest.raises(UserError, match="feature index"):
+        evaluate.run(str(f["model"]), str(bogus), str(f["anns"]), str(tmp_path / "o.json"))
+
+
+def test_videoclip_task_validation_uses_text_mode_and_max_text_len(model, tiny_bert, tmp_path):
+    from types import SimpleNamespace
+
+    from transformers import AutoTokenizer
+
+    from clipvip.trainer.videoclip_task import VideoCLIPTask
+
+    path = _write(tmp_path / "val.jsonl", [{"clip_id": f"v{i}", "text": CAPTIONS[i:i + 2]} for i in range(4)])
+    val = {"features": _DictFeatures(_eval_clips(lengths=(4, 6, 9, 2))),
+           "subtitles": {s.clip_id: s for s in read_subtitles(path)}}
+    for text_mode, queries in (("sample", 8), ("join", 4)):
+        t = SimpleNamespace(model=model, tokenizer=AutoTokenizer.from_pretrained(tiny_bert), val=val, device="cpu",
+                            opts=SimpleNamespace(eval_batch_size=3, text_mode=text_mode, max_text_len=16))
+        result = VideoCLIPTask().evaluate(t)
+        assert result["num_queries"] == queries and result["num_videos"] == 4 and result["max_text_len"] == 16

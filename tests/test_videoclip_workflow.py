@@ -452,3 +452,29 @@ def test_videoclip_overlay_dry_run_lists_the_rules(tmp_path):
     assert f"{r}/eval/videoclip-finetuned/demo_didemo/test.json" in tables
     assert f"{r}/eval/finetuned-vip-vsc_fc/demo_didemo/test.json" in tables
     assert not (tmp_path / "r").exists()
+
+
+def test_videoclip_zero_shot_protocol_evaluates_init_without_training(tmp_path):
+    """``pretrain.enabled: false`` + ``finetune.enabled: false`` (the official zero-shot protocols on a converted
+    MMPT checkpoint): only zero-shot rows, of ``init`` itself; no VideoCLIP training job."""
+    import re
+
+    import yaml
+
+    overlay = tmp_path / "zs.yaml"
+    overlay.write_text(yaml.safe_dump({"videoclip": {"pretrain": {"enabled": False},
+                                                     "finetune": {"enabled": False}}}))
+    snakemake = str(Path(sys.executable).with_name("snakemake"))
+    proc = subprocess.run([snakemake, "-n", "--nolock", "--configfile", str(REPO / "config.yaml"), str(OVERLAY),
+                           str(overlay), "--config", f"results={tmp_path}/r"], cwd=REPO, capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    jobs = {m.group(1): int(m.group(2)) for m in re.finditer(r"^(\w+)\s+(\d+)\s*$",
+                                                              proc.stdout.split("Job stats:", 1)[1], re.M)}
+    assert jobs["videoclip_evaluate"] == 2 and "videoclip_pretrain" not in jobs and "videoclip_finetune" not in jobs
+    r = f"{tmp_path}/r"
+    evaluations = [block for block in proc.stdout.split("rule videoclip_evaluate:")[1:]]
+    assert len(evaluations) == 2
+    for block in evaluations:
+        assert "/eval/videoclip-zeroshot/" in block and f"--model {r}/pretrained/bert" in block
+        assert '"max_text_len": 63' in block      # the official text length unless the options say otherwise

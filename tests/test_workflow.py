@@ -199,3 +199,29 @@ def test_pretraining_preset_combines_with_finetuning_presets():
     opts = TrainOptions.from_dict(pretrain_options(config, "vip-vsc_fc"), "pretrain")
     assert (opts.lr, opts.weight_decay, opts.batch_size, opts.grad_clip, opts.loss) == (5e-6, 0.05, 1024, 5.0, "vsc_fc")
     assert (opts.num_frames, opts.max_text_len, opts.temporal_init_std) == (12, 70, 0.0)
+
+
+@pytest.mark.parametrize("presets, dataset", [(["msrvtt", "videoclip_zs_msrvtt"], "msrvtt"),
+                                              (["videoclip_zs_youcook2"], "youcook2")])
+def test_videoclip_zero_shot_presets_resolve(presets, dataset, tmp_path):
+    """The official zero-shot protocols: the released (converted) weights evaluated as they are, S3D features,
+    the official 63-token text; no VideoCLIP training."""
+    from clipvip.config import videoclip_evaluate_options
+    from clipvip.model.videoclip import build_tiny_bert
+
+    config = demo_config()
+    for name in presets:
+        merge_overlay(config, yaml.safe_load((REPO / f"presets/{name}.yaml").read_text()))
+    paths = copy.deepcopy(PATHS)
+    paths["datasets"].setdefault(dataset, {"video_dir": str(REPO), "annotations": {"test": "t.jsonl"}})
+    merge_overlay(config, paths)
+    config["datasets"] = {k: v for k, v in config["datasets"].items() if k == dataset}
+    config["finetune"] = {"datasets": [dataset] if dataset == "msrvtt" else []}
+    config["features"]["options"]["weights"] = str(REPO / "README.md")  # stands in for s3d_howto100m.pth
+    config["videoclip"]["init"] = str(build_tiny_bert(tmp_path / "converted", vocab_size=60))
+    config = validate_config(config, SCHEMA)
+    vc = config["videoclip"]
+    assert (vc["pretrain"]["enabled"], vc["finetune"]["enabled"], vc["evaluate"]["zero_shot"]) == (False, False, True)
+    assert vc["finetune"]["datasets"] == [dataset] and config["features"]["datasets"] == [dataset]
+    assert config["features"]["options"]["extractor"] == "s3d"
+    assert videoclip_evaluate_options(config, dataset)["max_text_len"] == 63

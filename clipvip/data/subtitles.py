@@ -11,15 +11,20 @@ One JSON object per line, either timed
 
 or plain (the official CLIP-ViP annotation format)
 
-    {"clip_id": "vid1", "text": "a caption"}      (a list of strings is joined with spaces)
+    {"clip_id": "vid1", "text": "a caption"}      (or a list of captions: ["a caption", "another one"])
 
 which gives one *untimed* line covering the whole clip (``start = 0``, ``end = duration`` when known, else
-``None``; the sampler then uses the video's length).
+``None``; the sampler then uses the video's length). A list's captions are joined with spaces into that line
+(``text_mode: join``, the paragraph of DiDeMo-style sets) and kept one by one in ``Subtitles.captions``, so a
+consumer can use one caption instead (``text_mode: sample``: VideoCLIP fine-tuning draws one per step,
+``clipvip.trainer.videoclip_task``; ``subs.caption(k)`` is the record with caption k as its line). Timed
+records have no ``captions`` (``()``); a plain string gives one.
 
 Every bad line is reported, none is dropped: a ``UserError`` lists (up to 20 of) them as
 ``<file>:<line>: <field>: <problem>``, e.g. ``subs.jsonl:7: subtitles[3].end: 11.0 is before start 12.3``.
 Checked: valid JSON object; ``clip_id`` a non-empty string, unique in the file; exactly one of ``subtitles``
-(a non-empty list) or ``text``; every entry an object with numeric (not bool), finite ``start``/``end``,
+(a non-empty list) or ``text`` (a non-empty string, or a non-empty list of them, none empty after
+stripping: ``text[2]: empty``); every entry an object with numeric (not bool), finite ``start``/``end``,
 ``start >= 0``, ``end >= start``, ``end <= duration + tolerance`` when ``durations`` gives the clip's length
 (``start`` likewise), and a non-empty (after stripping) string ``text``. Blank lines are skipped (they are
 not records). Lines are kept in file order when sorted; otherwise they are sorted by (start, end) -- a
@@ -50,6 +55,16 @@ class Subtitles:
     clip_id: str
     lines: list[SubtitleLine] = field(default_factory=list)
     timed: bool = True
+    captions: tuple[str, ...] = ()  # an untimed record's captions, one by one (``lines`` holds them joined)
+
+    def caption(self, k: int) -> "Subtitles":
+        """An untimed record with caption ``k`` alone as its line (same times); ``IndexError`` if there is none."""
+        if self.timed or not 0 <= k < len(self.captions):
+            raise IndexError(f"{self.clip_id}: no caption {k} (timed={self.timed}, {len(self.captions)} "
+                             f"caption(s))")
+        line = self.lines[0]
+        return Subtitles(self.clip_id, [SubtitleLine(line.start, line.end, self.captions[k])], timed=False,
+                         captions=(self.captions[k],))
 
     def resolved(self, duration: float) -> list[SubtitleLine]:
         """Lines with an untimed line's missing times filled in as ``[0, duration]``."""
@@ -84,18 +99,22 @@ def parse_subtitle_record(obj, where: str, duration: float | None = None, tolera
         bad("subtitles", "missing (and no plain 'text' either)")
         return None, problems
     if has_text:
-        text = obj["text"]
+        text, captions = obj["text"], None
         if isinstance(text, list) and text and all(isinstance(t, str) for t in text):
-            text = " ".join(t.strip() for t in text)
+            captions = tuple(t.strip() for t in text)
+            for i, caption in enumerate(captions):
+                if not caption:
+                    bad(f"text[{i}]", "empty")
+            text = " ".join(captions)
         if not isinstance(text, str):
             bad("text", f"expected a string or a list of strings, got {type(text).__name__}")
-        elif not text.strip():
+        elif not text.strip() and not problems:
             bad("text", "empty")
         if problems:
             return None, problems
         end = float(duration) if duration is not None else None
         return Subtitles(clip_id, [SubtitleLine(0.0 if end is not None else None, end, text.strip())],
-                         timed=False), problems
+                         timed=False, captions=captions or (text.strip(),)), problems
     entries = obj["subtitles"]
     if not isinstance(entries, list):
         bad("subtitles", f"expected a list, got {type(entries).__name__}")

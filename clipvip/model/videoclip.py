@@ -365,3 +365,47 @@ def build_tiny_bert(out_dir, hidden_size: int = 32, layers: int = 2, heads: int 
     torch.manual_seed(seed)
     BertModel(config).save_pretrained(out)
     return out
+
+
+# ------------------------------------------------------------------------------------------------ CLI
+def main(argv: list[str] | None = None) -> int:
+    """``clipvip convert-videoclip --checkpoint checkpoint_best.pt --tokenizer bert-base-uncased --out DIR``: the
+    released MMPT VideoCLIP weights as a model folder (``VideoCLIPModel`` + the BERT tokenizer), which
+    ``clipvip evaluate`` and ``videoclip.init`` take like any trained VideoCLIP folder."""
+    import argparse
+
+    from transformers import AutoTokenizer
+
+    from clipvip.stage import stage_main
+
+    @stage_main("convert-videoclip")
+    def run(argv):
+        parser = argparse.ArgumentParser(prog="clipvip convert-videoclip", description=main.__doc__.splitlines()[0])
+        parser.add_argument("--checkpoint", required=True, help="released checkpoint_best.pt (MMFusionSeparate)")
+        parser.add_argument("--tokenizer", default="bert-base-uncased",
+                            help="BERT tokenizer (hub name or folder) the checkpoint was trained with; also its config")
+        parser.add_argument("--max-video-len", type=int, default=32, help="video tokens (seconds), 32 officially")
+        parser.add_argument("--out", required=True, help="model folder to write")
+        args = parser.parse_args(argv)
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(args.tokenizer)
+        except (OSError, ValueError) as exc:
+            raise UserError(f"--tokenizer {args.tokenizer}: {exc}") from None
+        model = load_mmpt_checkpoint(args.checkpoint, max_video_len=args.max_video_len,
+                                     num_attention_heads=_heads_of(args.tokenizer),
+                                     cls_token_id=tokenizer.cls_token_id, sep_token_id=tokenizer.sep_token_id)
+        model.save_pretrained(args.out, tokenizer=tokenizer)
+        print(f"wrote {args.out}")
+        return 0
+
+    return run(argv)
+
+
+def _heads_of(bert: str) -> int | None:
+    """Attention heads from a BERT folder/name's config when it has one (else ``load_mmpt_checkpoint``'s rule)."""
+    from transformers import AutoConfig
+
+    try:
+        return int(AutoConfig.from_pretrained(bert).num_attention_heads)
+    except (OSError, ValueError, AttributeError):
+        return None

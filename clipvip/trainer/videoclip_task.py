@@ -11,14 +11,19 @@ Data: ``--annotations`` is a timed-subtitle JSONL (``clipvip.data.subtitles.read
 ``clipvip.data.feature_store.FeatureIndex``. Item k of an epoch is video ``k // clips_per_video``, draw
 ``k % clips_per_video`` of ``OverlappedSampler(mode=pair_sampling)`` (seeded by [seed, epoch, video, draw], so a
 resumed run sees the same pairs); ``group_size = clips_per_video`` keeps a video's pairs in one batch under the
-shared ``ResumableDistributedSampler`` (random batching); ``batching: retrieval`` batches whole clusters of similar
+shared ``ResumableDistributedSampler`` (random batching). Plain (untimed) records whose ``text`` is a list of
+captions (MSR-VTT train: 5 paraphrases) follow ``text_mode``: ``sample`` (default) pairs each draw with ONE of
+the clip's captions (``caption_index``: seeded by [seed, CAPTION_STREAM, epoch, video, draw], so a resumed run
+sees the same), as MMPT fine-tuning and CLIP-ViP's ``FinetuneDataset`` do; ``join`` keeps them joined into one
+paragraph (DiDeMo-style sets). Timed subtitles are unaffected (spans over their lines); ``batching: retrieval`` batches whole clusters of similar
 videos instead (``retrieval_layout`` / ``retrieval_embeddings``, ``clipvip.data.retrieval_batches``). An item: the window's feature rows (at most
 ``max_video_len``) and the span's BERT tokens (``[CLS] .. [SEP]``, at most ``max_text_len``). Videos listed in the
 subtitles without features are ``missing`` (reported in config.json). Model: ``VideoCLIPModel.from_pretrained(
 --init)`` (a BERT, or a saved VideoCLIP folder); loss ``videoclip``; optimizer Adam (no decay) and
 ``WarmupDecayLR`` (``adjust_ds_config``); export: ``VideoCLIPModel.save_pretrained`` + tokenizer.
 Validation (``--val-annotations``): ``clipvip.videoclip_eval.evaluate_videoclip`` on those subtitles' clips
-(the whole text of a clip vs its first 32 s).
+(the whole text of a clip -- with ``text_mode: sample`` each caption of a caption list -- vs its first 32 s,
+texts at most ``max_text_len`` tokens).
 """
 from __future__ import annotations
 
@@ -31,6 +36,8 @@ import torch
 from torch import nn
 
 from clipvip.stage import UserError
+
+CAPTION_STREAM = 1  # seeds the caption draw apart from the sampler's [seed, epoch, index, draw] stream
 
 
 class VideoCLIPStep(nn.Module):
@@ -65,6 +72,10 @@ class VideoCLIPDataset(torch.utils.data.Dataset):
         self.clips_per_video = opts.clips_per_video
         self.max_video_len = opts.max_video_len
         self.max_text_len = opts.max_text_len
+        self.text_mode = getattr(opts, "text_mode", "sample")
+        if self.text_mode not in ("sample", "join"):
+            raise ValueError(f"text_mode must be 'sample' or 'join', got {self.text_mode!r}")
+        self.seed = int(seed)
         self.cls, self.sep, self.pad = tokenizer.cls_token_id, tokenizer.sep_token_id, tokenizer.pad_token_id or 0
         tok = tokenizer
 
@@ -86,17 +97,31 @@ class VideoCLIPDataset(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.videos) * self.clips_per_video
 
+    def caption_index(self, clip_id: str, epoch: int, index: int, draw: int) -> int | None:
+        """``text_mode: sample`` on an untimed record with several captions: the caption of draw ``draw`` of
+        video ``index`` in ``epoch`` (a pure function of them and the seed); else None (the record as it is)."""
+        subs = self.subtitles[clip_id]
+        if self.text_mode != "sample" or subs.timed or len(subs.captions) < 2:
+            return None
+        rng = np.random.default_rng([self.seed, CAPTION_STREAM, int(epoch), int(index), int(draw)])
+        return int(rng.integers(len(subs.captions)))
+
     def __getitem__(self, k: int) -> dict:
         v, draw = divmod(int(k), self.clips_per_video)
         clip_id = self.videos[v]
         feats = self.features.features(clip_id)
-        pair = self.sampler.sample(self.subtitles[clip_id], float(len(feats)), self.epoch, index=v, draw=draw)
+        epoch = self.epoch
+        subs = self.subtitles[clip_id]
+        chosen = self.caption_index(clip_id, epoch, v, draw)
+        if chosen is not None:
+            subs = subs.caption(chosen)
+        pair = self.sampler.sample(subs, float(len(feats)), epoch, index=v, draw=draw)
         rows = pair.feature_rows(self.max_video_len)
         rows = rows[rows < len(feats)]
         if len(rows) == 0:
             rows = np.array([len(feats) - 1])
         return {"features": torch.from_numpy(feats[rows].astype(np.float32)), "token_ids": pair.token_ids,
-                "clip_id": clip_id}
+                "clip_id": clip_id, "text": pair.text}
 
     def collate(self, items: list[dict]) -> dict:
         width = max(len(it["features"]) for it in items)
@@ -221,8 +246,10 @@ class VideoCLIPTask:
     def evaluate(self, t) -> dict:
         from clipvip.videoclip_eval import evaluate_videoclip, subtitle_annotations
 
-        return evaluate_videoclip(t.model, t.tokenizer, t.val["features"], subtitle_annotations(t.val["subtitles"]),
-                                  batch_size=t.opts.eval_batch_size, device=t.device)
+        return evaluate_videoclip(t.model, t.tokenizer, t.val["features"],
+                                  subtitle_annotations(t.val["subtitles"], text_mode=t.opts.text_mode),
+                                  batch_size=t.opts.eval_batch_size, device=t.device,
+                                  max_text_len=t.opts.max_text_len)
 
     def export_files(self, t) -> dict[str, str]:
         return {}

@@ -93,7 +93,7 @@ if VIDEOCLIP["enabled"]:
     # `clipvip evaluate` on a VideoCLIP model folder: --frames-index names the feature index (first 32 s).
     rule videoclip_evaluate:
         input:
-            model=videoclip_row_model,
+            model=videoclip_row_model_input,
             features=lambda wc: feature_index(wc.ds),
             annotations=lambda wc: DATASETS[wc.ds]["annotations"][wc.split],
         output:

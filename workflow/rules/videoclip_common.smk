@@ -52,10 +52,9 @@ def videoclip_val_args(wc):
 
 
 def videoclip_eval_stages():
-    stages = []
-    if VIDEOCLIP["pretrain"]["enabled"] and VIDEOCLIP["evaluate"]["zero_shot"]:
-        stages.append("zeroshot")
-    return stages + ["finetuned"]
+    # zero-shot: the post-pretrained model, or init itself (a released checkpoint) without post-pretraining
+    stages = ["zeroshot"] if VIDEOCLIP["evaluate"]["zero_shot"] else []
+    return stages + (["finetuned"] if VIDEOCLIP["finetune"]["enabled"] else [])
 
 
 def videoclip_eval_targets():
@@ -75,11 +74,17 @@ def videoclip_train_logs():
     if not VIDEOCLIP["enabled"]:
         return []
     logs = [f"{VIDEOCLIP_DIR}/pretrain/metrics.jsonl"] if VIDEOCLIP["pretrain"]["enabled"] else []
+    if not VIDEOCLIP["finetune"]["enabled"]:
+        return logs
     return logs + [f"{VIDEOCLIP_DIR}/finetune/{ds}/metrics.jsonl" for ds in VIDEOCLIP["finetune"]["datasets"]]
 
 
 def videoclip_row_model(wc):
-    return videoclip_pretrained_model() if wc.vcstage == "zeroshot" else videoclip_finetuned_model(wc.ds)
+    return videoclip_finetune_init() if wc.vcstage == "zeroshot" else videoclip_finetuned_model(wc.ds)
+
+
+def videoclip_row_model_input(wc):
+    return videoclip_finetune_init_input() if wc.vcstage == "zeroshot" else [videoclip_finetuned_model(wc.ds)]
 
 
 def videoclip_row_identity(wc):
