@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import time
 import sys
 from pathlib import Path
 from types import SimpleNamespace
@@ -312,3 +313,16 @@ def test_clipvip_post_pretraining_with_retrieval_batches(data, tmp_path):  # noq
         text = model.encode_text(enc["input_ids"], enc["attention_mask"])
     ref = ((video + text) / 2).numpy()
     assert _ckpt_clusters(run, 2) == (0, sample_clusters(ref, 2, seed=SEED, epoch=0, nlist=512))
+
+
+@pytest.mark.slow
+def test_retrieval_batching_with_loader_workers_exits(data, tmp_path):  # noqa: F811
+    """With DataLoader workers (which ignore SIGTERM, so a scancel reaches the main process first) the run must
+    stop its workers itself: a worker left to interpreter exit would be joined forever (seen on the demo)."""
+    opts = {"batching": "retrieval", "videos_per_cluster": 2, "batch_size": 4, "num_frames": 4, "max_steps": 6,
+            "lr": 1e-4, "num_workers": 1, "max_text_len": 16, "nprocs": 1, "zero_stage": 2, "checkpoint_every": 10,
+            "seed": SEED}
+    started = time.perf_counter()
+    train(data, tmp_path, opts, stage="pretrain")  # subprocess.run(..., timeout=300): a hang fails here
+    assert len(_steps(tmp_path)) == 6
+    assert time.perf_counter() - started < 240

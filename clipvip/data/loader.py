@@ -40,6 +40,19 @@ def worker_init_fn(worker_id: int) -> None:
         signal.signal(sig, signal.SIG_IGN)
 
 
+def close_loader(loader) -> None:
+    """Stop ``loader``'s worker processes now (its persistent iterator, if any; a no-op without workers).
+
+    Workers ignore SIGTERM (``worker_init_fn``), so multiprocessing's exit handler, which terminates and then
+    joins daemonic children, would wait forever on a worker whose iterator outlives the training loop."""
+    iterator = getattr(loader, "_iterator", None)
+    shutdown = getattr(iterator, "_shutdown_workers", None)
+    if shutdown is not None:
+        shutdown()
+    if iterator is not None:
+        loader._iterator = None
+
+
 def build_loader(dataset, sampler, batch_size: int, num_workers: int, collate_fn,
                  drop_last: bool = False, prefetch_factor: int | None = 2, pin_memory: bool = False,
                  persistent_workers: bool | None = None) -> DataLoader:

@@ -512,7 +512,13 @@ def run(args, opts, launcher: str) -> int:
         trainer.resume()
         if trainer.main:
             ck.write_status(trainer.ckpt_dir, "running", trainer.state["step"])
-        return trainer.fit()
+        try:
+            return trainer.fit()
+        finally:
+            from clipvip.data.loader import close_loader
+
+            # Workers ignore SIGTERM (worker_init_fn), so one still running at interpreter exit is never joined.
+            close_loader(trainer.loader)
     except UserError as exc:
         # Under torchrun/submitit the launching parent maps the ranks' generic failure through this status:
         # it re-raises the message as one line and exit 2 (clipvip.trainer.launch.rank_outcome).
