@@ -23,7 +23,7 @@ import torch
 
 from clipvip.data.retrieval_batches import epoch_order, sample_clusters, share_rows
 from tests.test_train import _lines, data, train  # noqa: F401  (data: the demo frame stores + tiny CLIP)
-from tests.test_videoclip_workflow import WORDS, write_feature_shard
+from tests.test_videoclip_workflow import WORDS, write_timed_feature_corpus
 
 SEED = 42
 # 24 videos, clusters of 2 videos x 2 pairs: 12 clusters; a global batch of 8 pairs = 2 clusters -> 6 steps per
@@ -36,24 +36,7 @@ ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 
 
 def _write_videos(root: Path, num_videos: int) -> dict:
-    from clipvip.data.feature_store import write_index
-
-    rng = np.random.default_rng(num_videos)
-    clips, subs = {}, []
-    for v in range(num_videos):
-        seconds = int(rng.integers(12, 24))
-        clips[f"vid{v:03d}"] = rng.standard_normal((seconds, 16))
-        lines, t = [], 0.0
-        while t < seconds - 2:
-            end = min(seconds, t + float(rng.uniform(1.5, 4)))
-            lines.append({"start": round(t, 2), "end": round(end, 2),
-                          "text": " ".join(rng.choice(WORDS, int(rng.integers(2, 6))))})
-            t = end + float(rng.uniform(0, 1))
-        subs.append({"clip_id": f"vid{v:03d}", "subtitles": lines})
-    shard = write_feature_shard(root / "features" / "00000.h5", clips, 16)
-    write_index([shard], root / "features" / "index.json")
-    (root / "subs.jsonl").write_text("".join(json.dumps(s) + "\n" for s in subs))
-    return {"features": root / "features" / "index.json", "subs": root / "subs.jsonl"}
+    return write_timed_feature_corpus(root, num_videos, seconds=(12, 24), seed=num_videos, name="vid{:03d}")
 
 
 @pytest.fixture(scope="module")

@@ -203,27 +203,36 @@ def write_feature_shard(path: Path, clips: dict, dim: int) -> Path:
     return path
 
 
-@pytest.fixture(scope="module")
-def videoclip_data(tmp_path_factory):
+def write_timed_feature_corpus(root: Path, num_videos: int, seconds=(20, 40), seed: int = 0,
+                               name: str = "vid{}") -> dict:
+    """Random 16-d per-second features (one shard + index) and timed subtitles of random WORDS lines
+    (1.5-4 s, gaps up to 1 s) under ``root``: ``{"features": index.json, "subs": subs.jsonl}``."""
     from clipvip.data.feature_store import write_index
-    from clipvip.model.videoclip import build_tiny_bert
 
-    root = tmp_path_factory.mktemp("vclip")
-    rng = np.random.default_rng(0)
+    rng = np.random.default_rng(seed)
     clips, subs = {}, []
-    for v in range(8):
-        seconds = int(rng.integers(20, 40))
-        clips[f"vid{v}"] = rng.standard_normal((seconds, 16))
+    for v in range(num_videos):
+        length = int(rng.integers(*seconds))
+        clips[name.format(v)] = rng.standard_normal((length, 16))
         lines, t = [], 0.0
-        while t < seconds - 2:
-            end = min(seconds, t + float(rng.uniform(1.5, 4)))
+        while t < length - 2:
+            end = min(length, t + float(rng.uniform(1.5, 4)))
             lines.append({"start": round(t, 2), "end": round(end, 2),
                           "text": " ".join(rng.choice(WORDS, int(rng.integers(2, 6))))})
             t = end + float(rng.uniform(0, 1))
-        subs.append({"clip_id": f"vid{v}", "subtitles": lines})
+        subs.append({"clip_id": name.format(v), "subtitles": lines})
     shard = write_feature_shard(root / "features" / "00000.h5", clips, 16)
     write_index([shard], root / "features" / "index.json")
     (root / "subs.jsonl").write_text("".join(json.dumps(s) + "\n" for s in subs))
+    return {"features": root / "features" / "index.json", "subs": root / "subs.jsonl"}
+
+
+@pytest.fixture(scope="module")
+def videoclip_data(tmp_path_factory):
+    from clipvip.model.videoclip import build_tiny_bert
+
+    root = tmp_path_factory.mktemp("vclip")
+    write_timed_feature_corpus(root, 8, seconds=(20, 40), seed=0, name="vid{}")
     bert = build_tiny_bert(root / "bert", corpus=[" ".join(WORDS)] * 4)
     # No dropout: a resumed run's dropout masks come from a fresh torch RNG (not checkpointed), which would make
     # "resume equals uninterrupted" untestable; the data stream itself is a pure function of its position.
