@@ -33,7 +33,7 @@ demo: setup
 
 ## The tests (CI runs exactly this).
 test: setup
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q --durations=20 tests
 
 ## Write the SLURM profile once, so that `snakemake --profile slurm` works, e.g.
 ##   make install-profile PROFILE_ARGS="--account myacct --cpu-partition cpu --gpu-partition gpu --gpus-per-node 4"
