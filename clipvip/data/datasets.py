@@ -174,7 +174,9 @@ class _StoreDataset(Dataset):
             if len(cache) >= META_CACHE_SIZE:
                 cache.clear()
             meta = self.frames.meta(clip_id)
-            cache[clip_id] = {k: meta[k] for k in ("num_frames", "pool_indices") if k in meta}
+            # pool_times / fps / duration: the windowed sampler's (WindowedPretrainDataset) -- one cache for both
+            cache[clip_id] = {k: meta[k] for k in ("num_frames", "pool_indices", "pool_times", "fps", "duration")
+                              if meta.get(k) is not None}
         return cache[clip_id]
 
     def jittered_video(self, clip_id: str, rng: np.random.Generator):
@@ -349,23 +351,18 @@ class WindowedPretrainDataset(PretrainDataset):
                                          fps=grid_fps, seed=seed, max_text_len=max(1, int(max_text_len) - 2))
 
     def _window_meta(self, clip_id: str) -> dict:
-        cache = self.__dict__.setdefault("_window_cache", {})
-        if clip_id not in cache:
-            if len(cache) >= META_CACHE_SIZE:
-                cache.clear()
-            meta = self.frames.meta(clip_id)
-            indices = np.asarray(meta["pool_indices"], dtype=np.int64)
-            fps = float(meta.get("fps") or 0.0)
-            times = meta.get("pool_times")
-            if times is None:
-                if fps <= 0:
-                    raise ValueError(f"{clip_id}: the frame store has neither pool_times nor an fps to time "
-                                     "its pool frames (windowed sampling needs times)")
-                times = indices / fps
-            duration = float(meta.get("duration") or (int(meta["num_frames"]) / fps if fps > 0 else 0.0))
-            cache[clip_id] = {"indices": indices, "times": np.asarray(times, dtype=np.float64),
-                              "duration": max(duration, 1e-3)}
-        return cache[clip_id]
+        """Pool frames' decoded indices and times (``pool_times``, else indices / fps) and the clip's duration."""
+        meta = self._sampling_meta(clip_id)
+        indices = np.asarray(meta["pool_indices"], dtype=np.int64)
+        fps = float(meta.get("fps") or 0.0)
+        times = meta.get("pool_times")
+        if times is None:
+            if fps <= 0:
+                raise ValueError(f"{clip_id}: the frame store has neither pool_times nor an fps to time "
+                                 "its pool frames (windowed sampling needs times)")
+            times = indices / fps
+        duration = float(meta.get("duration") or (int(meta["num_frames"]) / fps if fps > 0 else 0.0))
+        return {"indices": indices, "times": np.asarray(times, dtype=np.float64), "duration": max(duration, 1e-3)}
 
     @staticmethod
     def _nearest(meta: dict, times: np.ndarray) -> np.ndarray:
@@ -382,13 +379,13 @@ class WindowedPretrainDataset(PretrainDataset):
         record = self.records[index]
         clip_id = record["clip_id"]
         pair, meta = self.window_pair(index)
-        video = self.frames.frames(clip_id, self._nearest(meta, pair.frame_times))
-        centre = np.asarray([(pair.window[0] + min(pair.window[1], meta["duration"])) / 2.0])
-        middle = self.frames.frames(clip_id, self._nearest(meta, centre))
+        centre = (pair.window[0] + min(pair.window[1], meta["duration"])) / 2.0
+        # V's T frames and F (nearest the window's centre) in one read of the clip
+        frames = self.frames.frames(clip_id, self._nearest(meta, np.append(pair.frame_times, centre)))
         return {
-            "pixel_values": crop_uint8(video, self.image_size),
+            "pixel_values": crop_uint8(frames[:-1], self.image_size),
             "text": pair.text,
-            "frame_pixel_values": crop_uint8(middle, self.image_size),
+            "frame_pixel_values": crop_uint8(frames[-1:], self.image_size),
             "caption": self._caption(record, self.rng(index)),
             "clip_id": clip_id,
             "index": index,
