@@ -35,7 +35,8 @@ Datasets (ids ``pt_00000``, ``msr_00000``, ``dd_00000``):
                    per line). ``clip_ids(options, "demo_actions_unseen")`` gives the held-out clips' ids.
 
 Still images (``still_specs``, ``render_still``, ``still_caption``: "a small red square in the top left",
-``still_short_caption``: "a red square"): the image-text corpus the demo's tiny CLIP and captioner are
+``still_alt_text``: that or, half the time, with a motion clause the still cannot show, ``still_short_caption``:
+"a red square"): the image-text corpus the demo's tiny CLIP and captioner are
 pre-trained on (``clipvip tiny-models``), drawn like the video frames; generated on the fly, not written.
 
 Options (``DemoOptions``): seed 0, frame_size 64 (square px, even), num_frames 32, fps 8, crf 0 (x264
@@ -328,6 +329,35 @@ def still_caption(spec: dict, rng=None) -> str:
     return templates[0] if rng is None else str(rng.choice(templates))
 
 
+# Web alt-text names actions a still cannot show ("a dog running"): a share of the CLIP's alt-texts carry a
+# motion clause in the downstream captions' words with a random direction, so its text tower knows those words
+# (and learns that, in a still, they say nothing about the image) -- like OpenAI's CLIP, it is then order- and
+# direction-blind but not thrown by the vocabulary of video captions.
+MOTION_VERBS = ("moves", "moving", "slides", "goes", "heads", "travels", "going")
+MOTION_LINKS = (", then", " and then", " before moving", ". then it goes", ". after that it heads",
+                ". next it moves", ". finally it")
+
+
+def motion_phrase(rng) -> str:
+    """A random 1-3 segment motion clause: ``"slides left and then upward"``."""
+    directions = [str(rng.choice(list(DIRECTIONS))) for _ in range(int(rng.integers(1, 4)))]
+    words = [ADVERB[d] for d in directions] if rng.random() < 0.3 else directions
+    return f"{rng.choice(MOTION_VERBS)} {words[0]}" + "".join(f"{rng.choice(MOTION_LINKS)} {w}" for w in words[1:])
+
+
+def still_alt_text(spec: dict, rng, motion_share: float = 0.5) -> str:
+    """The tiny CLIP's pre-training text: ``still_caption``, or (``motion_share`` of the time) the same
+    description with a motion clause the still cannot show: ``"the small red square moves left, then up."``."""
+    if rng.random() >= motion_share:
+        return still_caption(spec, rng)
+    what = f"{spec['size']} {spec['colour']} {spec['shape']}"
+    article = "the" if rng.random() < 0.5 else "a"
+    templates = (f"{article} {what} {motion_phrase(rng)}.",
+                 f"{article} {spec['colour']} {spec['shape']} {motion_phrase(rng)} {still_position(spec)}",
+                 f"a photo of {article} {what} {motion_phrase(rng)}")
+    return str(rng.choice(templates))
+
+
 def still_short_caption(spec: dict) -> str:
     """What the demo's captioner learns to write: ``"a red square"``."""
     return f"a {spec['colour']} {spec['shape']}"
@@ -378,6 +408,10 @@ MISHEARD = {"red": ("read", "bread"), "blue": ("blew", "glue"), "green": ("greet
             "right": ("write", "bright"), "left": ("lift", "laughed"), "up": ("op", "cup"), "down": ("town", "done")}
 
 
+# Share of subtitles that are only chatter (HD-VILA's ASR is often about something else entirely).
+ASR_UNRELATED_SHARE = 0.25
+
+
 def _heard(word: str, rng, p_misheard: float) -> str:
     return str(rng.choice(MISHEARD[word])) if word in MISHEARD and rng.random() < p_misheard else word
 
@@ -386,16 +420,16 @@ def asr_subtitle(spec: ClipSpec, rng) -> str:
     """Noisy lowercase ASR-like text, only partly about the clip (like HD-VILA's subtitles).
 
     The speaker mentions the motion ~75% of the time (in order; each direction word misheard 15%), names the
-    colour ~55% (a wrong colour 25% of those) and the shape ~55% (a wrong shape 25%), and 15% of
-    subtitles are unrelated chatter; every content word may come out as a homophone (``MISHEARD``) and the
+    colour ~55% (a wrong colour 25% of those) and the shape ~55% (a wrong shape 25%), and 25% of
+    subtitles are unrelated chatter (``ASR_UNRELATED_SHARE``); every content word may come out as a homophone (``MISHEARD``) and the
     text is padded with fillers and unrelated words."""
     def noise(low, high):
         words = [str(rng.choice(FILLERS)) if rng.random() < 0.4 else str(rng.choice(UNRELATED))
                  for _ in range(int(rng.integers(low, high)))]
         return " ".join(words)
 
-    if rng.random() < 0.15:
-        return noise(4, 10)
+    if rng.random() < ASR_UNRELATED_SHARE:
+        return noise(7, 17)
     colour, shape = spec.colour, spec.shape
     if rng.random() < 0.25:
         colour = str(rng.choice([c for c in COLOURS if c != spec.colour]))
@@ -408,7 +442,7 @@ def asr_subtitle(spec: ClipSpec, rng) -> str:
         core = f"the {thing} is going {moves}"
     else:
         core = f"here's the {thing}"
-    return " ".join(part for part in (noise(1, 5), core, noise(0, 4)) if part)
+    return " ".join(part for part in (noise(3, 9), core, noise(2, 7)) if part)
 
 
 def annotation_lines(options: DemoOptions, dataset: str) -> tuple[dict[str, list[dict]], list[dict]]:

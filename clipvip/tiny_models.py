@@ -12,10 +12,11 @@ like a hub name such as ``Salesforce/blip-image-captioning-base``) and, last, ``
 
 With ``train`` steps > 0 (``TinyTrainOptions``; the demo's default) both are then *pre-trained* on a still-image
 corpus drawn by the demo's renderer (``clipvip.demo_data.render_still``: one shape, its colour, size and grid
-cell; captions like "a small red square in the top left"): the CLIP with the symmetric InfoNCE loss of CLIP's
+cell; captions like "a small red square in the top left", half of them with a motion clause the still cannot
+show, as web alt-text names actions: ``still_alt_text``): the CLIP with the symmetric InfoNCE loss of CLIP's
 own training, the captioner with next-token cross-entropy on short descriptions ("a red square"). Plain,
 seeded PyTorch loops: they stand in for OpenAI's CLIP training and BLIP's captioning data. The CLIP then
-knows *what* is in a frame and nothing about motion; losses are in ``OUT/pretrain_log.json``.
+knows *what* is in a frame and the words of video captions, but nothing about motion; losses are in ``OUT/pretrain_log.json``.
 
 Both captioner kinds use the real CLIP BPE tokenizer (``clipvip.tokenizer.build_clip_tokenizer``), so no
 vocabulary download is needed; ``<|startoftext|>`` starts and ``<|endoftext|>`` ends (and pads) a caption.
@@ -79,6 +80,9 @@ class TinyTrainOptions(StageOptions):
     clip_steps: int = option(0, "image-text contrastive steps of the tiny CLIP (0 = leave it random)", minimum=0)
     clip_batch_size: int = option(128, "images per CLIP step", minimum=2)
     clip_lr: float = option(2e-3, "AdamW peak lr of the CLIP (linear warm-up, cosine decay)", minimum=0.0)
+    clip_motion_text: float = option(0.5, "share of the CLIP's alt-texts with a motion clause the still cannot "
+                                     "show (clipvip.demo_data.still_alt_text): its text tower knows the words of "
+                                     "video captions, as OpenAI's CLIP does", minimum=0.0, maximum=1.0)
     captioner_steps: int = option(0, "captioning steps of the tiny captioner (0 = leave it random)", minimum=0)
     captioner_batch_size: int = option(64, "images per captioner step", minimum=1)
     captioner_lr: float = option(2e-3, "AdamW peak lr of the captioner", minimum=0.0)
@@ -222,7 +226,7 @@ def pretrain_tiny_clip(model_dir, options: dict | TinyTrainOptions) -> list[floa
     from transformers import CLIPModel, CLIPTokenizerFast
 
     from clipvip.data import normalize_pixels
-    from clipvip.demo_data import still_caption
+    from clipvip.demo_data import still_alt_text
 
     o = TinyTrainOptions.from_dict(options) if not isinstance(options, TinyTrainOptions) else options
     torch.manual_seed(o.seed)
@@ -235,7 +239,7 @@ def pretrain_tiny_clip(model_dir, options: dict | TinyTrainOptions) -> list[floa
     model.train()
     for step in range(o.clip_steps):
         specs, images = _still_batch(rng, o.clip_batch_size, o.frame_size)
-        texts = [still_caption(s, rng) for s in specs]
+        texts = [still_alt_text(s, rng, o.clip_motion_text) for s in specs]
         pixels = normalize_pixels(torch.from_numpy(images).permute(0, 3, 1, 2).contiguous())
         if pixels.shape[-1] != size:
             pixels = F.interpolate(pixels, size=(size, size), mode="bicubic", align_corners=False)
@@ -255,7 +259,7 @@ def pretrain_tiny_clip(model_dir, options: dict | TinyTrainOptions) -> list[floa
         with torch.no_grad():
             model.logit_scale.clamp_(0, np.log(100.0))
         if step % 10 == 0 or step == o.clip_steps - 1:
-            losses.append(round(float(loss), 4))
+            losses.append(round(float(loss.detach()), 4))
     model.save_pretrained(model_dir)
     return losses
 
@@ -294,7 +298,7 @@ def pretrain_tiny_captioner(model_dir, options: dict | TinyTrainOptions) -> list
         opt.step()
         sched.step()
         if step % 10 == 0 or step == o.captioner_steps - 1:
-            losses.append(round(float(loss), 4))
+            losses.append(round(float(loss.detach()), 4))
     model.save_pretrained(model_dir)
     return losses
 

@@ -16,7 +16,8 @@ import pytest
 
 from clipvip.demo_data import (COLOURS, DATASETS, DIRECTIONS, MISHEARD, DemoOptions, annotation_files,
                                annotation_lines, clip_ids, clip_specs, main, render_clip, render_still,
-                               reverse_motions, still_caption, still_short_caption, still_specs)
+                               msrvtt_captions, didemo_paragraph, reverse_motions, still_alt_text,
+                               still_caption, still_short_caption, still_specs)
 
 REPO = Path(__file__).resolve().parents[1]
 SMALL = {"seed": 3, "pretrain_clips": 12, "msrvtt_clips": {"train": 6, "val": 2, "test": 2},
@@ -173,6 +174,39 @@ def test_still_images_and_their_captions():
         assert still_short_caption(spec) == f"a {spec['colour']} {spec['shape']}"
     assert still_caption({"size": "small", "colour": "red", "shape": "square", "row": 0, "column": 0}) == \
         "a small red square in the top left"
+
+
+def test_clip_alt_texts_carry_motion_words_at_the_given_share():
+    specs = still_specs(np.random.default_rng(1), 400)
+    rng = np.random.default_rng(2)
+    texts = [still_alt_text(s, rng, 0.5) for s in specs]
+    motion = [t for t in texts if re.search(r"\b(moves|moving|slides|goes|heads|travels|going)\b", t)]
+    assert 0.4 * len(texts) <= len(motion) <= 0.6 * len(texts)
+    for spec, text in zip(specs, texts):  # the still's own content is always named
+        assert f"{spec['colour']} {spec['shape']}" in text
+    # with share 0 the alt-text is the plain description
+    assert all(still_alt_text(s, np.random.default_rng(3), 0.0) in _templates(s) for s in specs[:20])
+    # the downstream captions' words all occur in the alt-texts, so the text tower has seen them
+    vocabulary = {w for t in texts for w in re.findall(r"[a-z]+", t)}
+    downstream = set()
+    for spec in clip_specs(DemoOptions.from_dict(SMALL), "demo_msrvtt") + clip_specs(DemoOptions.from_dict(SMALL),
+                                                                                     "demo_didemo"):
+        for text in msrvtt_captions(spec) + didemo_paragraph(spec, np.random.default_rng(0)):
+            downstream |= set(re.findall(r"[a-z]+", text))
+    assert downstream - vocabulary <= {"first"}, downstream - vocabulary
+
+
+def _templates(spec: dict) -> set[str]:
+    return {still_caption(spec, _Fixed(i)) for i in range(4)}
+
+
+class _Fixed:
+    """An rng whose choice() always picks item ``i``."""
+    def __init__(self, i):
+        self.i = i
+
+    def choice(self, items):
+        return items[self.i]
 
 
 def test_bad_options_are_rejected_with_the_key_named(tmp_path, capsys):
