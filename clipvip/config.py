@@ -55,12 +55,15 @@ def _validator_with_defaults(schema: dict):
     return extended(schema)
 
 
-def load_schema(path: str | Path) -> dict:
-    """The schema with the registries' names filled into the enums that name registered things."""
-    from clipvip.registry import LAUNCHERS, LOSSES, VIDEO_ENCODERS
-
+def load_schema(path: str | Path, registry_names: bool = True) -> dict:
+    """The schema with the registries' names filled into the enums that name registered things (without
+    ``registry_names`` those keys accept any string: importing the registries costs torch + transformers)."""
     with open(path) as fh:
         schema = yaml.safe_load(fh)
+    if not registry_names:
+        return schema
+    from clipvip.registry import LAUNCHERS, LOSSES, VIDEO_ENCODERS
+
     props = schema["properties"]
     ablation = props["ablation"]["properties"]
     ablation["video_encoder"]["items"]["enum"] = VIDEO_ENCODERS.names()
@@ -75,15 +78,20 @@ def _where(error: jsonschema.ValidationError) -> str:
     return ".".join(str(p) for p in error.absolute_path) or "<top level>"
 
 
-def validate_config(config: dict, schema_path: str | Path) -> dict:
-    """Validate ``config`` against the schema, fill defaults in place, check cross references; return it."""
+def validate_config(config: dict, schema_path: str | Path, checks: bool = True) -> dict:
+    """Validate ``config`` against the schema, fill defaults in place, check cross references; return it.
+
+    ``checks=False`` (a Snakemake job re-reading the workflow, ``not workflow.is_main_process``: the main
+    process has refused a bad config before any job started) fills the same defaults but skips the
+    registry-name enums and the stage options, whose imports (torch, transformers) would otherwise cost every
+    cluster job several seconds before its command starts."""
     demo = config.get("demo") or {}
     if demo.get("enabled"):
         _fill_missing(config, demo.get("defaults") or {})
     pretrain = config.get("pretrain")
     if isinstance(pretrain, dict) and "enabled" not in pretrain:
         pretrain["enabled"] = bool(pretrain.get("dataset"))
-    validator = _validator_with_defaults(load_schema(schema_path))
+    validator = _validator_with_defaults(load_schema(schema_path, registry_names=checks))
     errors = sorted(validator.iter_errors(config), key=lambda e: list(e.absolute_path))
     if errors:
         lines = [f"config error at {_where(e)}: {e.message}" for e in errors[:10]]
@@ -91,8 +99,10 @@ def validate_config(config: dict, schema_path: str | Path) -> dict:
     # Defaults filled into sub-objects created by defaults need a second pass to fill their own defaults.
     validator.validate(config)
     _expand_results(config, config["results"])
-    _check_references(config)
+    _check_references(config)  # (these two also fill derived defaults: finetune.datasets, ...)
     _check_videoclip_references(config)
+    if not checks:
+        return config
     try:
         check_stage_options(config)
     except OptionError as exc:

@@ -308,6 +308,22 @@ def _captioner_loss(model, pixels, ids, mask, labels, eos):
     return model(pixel_values=pixels, input_ids=ids, attention_mask=mask, labels=labels).loss
 
 
+def captioner_accuracy(model_dir, frame_size: int = 64, count: int = 128, seed: int = 1000) -> dict:
+    """Share of held-out stills (the videos' small shapes) whose greedy caption names the right colour / shape
+    (chance: 1/8, 1/4): whether the auxiliary captions will carry information."""
+    import numpy as np
+
+    from clipvip.captions import Captioner
+    from clipvip.demo_data import render_still, still_specs
+
+    specs = [dict(s, size="small") for s in still_specs(np.random.default_rng([seed, 9]), count)]
+    captioner = Captioner(str(model_dir), "cpu", num_beams=1, max_new_tokens=12)
+    captions = [c for i in range(0, count, 64)
+                for c in captioner([render_still(s, frame_size) for s in specs[i:i + 64]])]
+    hits = lambda key: round(float(np.mean([s[key] in c.split() for s, c in zip(specs, captions)])), 3)  # noqa: E731
+    return {"colour": hits("colour"), "shape": hits("shape"), "examples": captions[:4]}
+
+
 def build_tiny_models(out_dir, options: dict | None = None) -> dict:
     """``OUT/clip``, ``OUT/captioner`` (pre-trained when ``train`` asks), ``OUT/DONE.json`` (last, atomic)."""
     import time
@@ -334,6 +350,7 @@ def build_tiny_models(out_dir, options: dict | None = None) -> dict:
     if train.captioner_steps:
         log["captioner_loss"] = pretrain_tiny_captioner(captioner, train)
         log["captioner_seconds"] = round(time.perf_counter() - started, 1)
+        log["captioner_heldout"] = captioner_accuracy(captioner, train.frame_size, seed=train.seed + 1000)
     write_json_atomic(out / "pretrain_log.json", log)
     done = {"clip": str(clip), "captioner": str(captioner), "options": opts.to_dict(), "pretrain": log}
     write_json_atomic(out / "DONE.json", done)

@@ -3,6 +3,7 @@ registries as the single source of names, and the import rules between the CLI, 
 from __future__ import annotations
 
 import copy
+import json
 import os
 import re
 import subprocess
@@ -221,3 +222,26 @@ def test_the_trainer_imports_no_stage_module():
     offenders = [f"{p.relative_to(REPO)}: {m}" for p in (REPO / "clipvip" / "trainer").rglob("*.py")
                  for m in _imports(p) if any(m == s or m.startswith(s + ".") for s in stages)]
     assert offenders == []
+
+
+def test_jobs_rereading_the_workflow_get_the_same_config_without_importing_torch(tmp_path):
+    # A Snakemake job (not the main process) validates with checks=False: the same filled config, none of the
+    # registry imports (torch, transformers) that would delay every cluster job's command by seconds.
+    script = f"""
+import json, sys, yaml
+from clipvip.config import validate_config
+checked = validate_config(yaml.safe_load(open({str(REPO / 'config.yaml')!r})), {str(SCHEMA)!r}, checks=False)
+heavy = sorted(m for m in ("torch", "transformers", "deepspeed") if m in sys.modules)
+print(json.dumps({{"config": checked, "heavy": heavy}}))
+"""
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    job = json.loads(proc.stdout)
+    assert job["heavy"] == []
+    main = json.loads(json.dumps(validate_config(demo_config(), SCHEMA)))
+    assert job["config"] == main
+    # ... and a typo still stops the main process (the full checks), whatever jobs would do
+    bad = with_overlay({"evaluate.options": {"batchsize": 64}})
+    with pytest.raises(ConfigError, match="batchsize"):
+        validate_config(bad, SCHEMA)
+    validate_config(with_overlay({"evaluate.options": {"batchsize": 64}}), SCHEMA, checks=False)

@@ -13,7 +13,8 @@ from clipvip.config import (
 from clipvip.frames import read_clip_ids, shard_count
 
 
-validate_config(config, workflow.source_path("../schemas/config.schema.yaml"))
+# Jobs re-read the workflow: the main process has checked everything before submitting any (see validate_config).
+validate_config(config, workflow.source_path("../schemas/config.schema.yaml"), checks=workflow.is_main_process)
 
 R = config["results"]
 DATASETS = config["datasets"]
