@@ -14,7 +14,9 @@ import pytest
 import yaml
 
 from clipvip.analysis.data_scale import subset_ids, variant_suffix, write_subset
-from clipvip.analysis.domain_gap import DomainGapOptions, cluster_nmi, domain_gap, load_text_encoder
+from clipvip.analysis.domain_gap import (DomainGapOptions, captions_closer, cluster_nmi, domain_gap,
+                                         load_text_encoder)
+from clipvip.analysis.domain_gap import run as domain_gap_run
 from clipvip.analysis.domain_gap import main as domain_gap_main
 from clipvip.analysis.gallery import main as gallery_main
 from clipvip.analysis.search import build_or_load_index
@@ -103,6 +105,33 @@ def test_disjoint_vocabularies_have_a_large_gap_through_the_real_text_encoder(se
     assert by_pair[("caps", "down")]["n_per_corpus"] == 30  # the smaller corpus sets both sizes
     assert by_pair[("subs", "down")]["nmi_mean"] > 0.5, rows
     assert by_pair[("caps", "down")]["nmi_mean"] > 0.5, rows
+
+
+def test_the_papers_reading_marks_captions_closer_only_when_they_are(setup, tmp_path):
+    # subtitles from another vocabulary, captions from the downstream one: the captions are closer
+    subs = _jsonl(tmp_path / "subs.jsonl", _texts(VOCAB_B, 40))
+    down = _jsonl(tmp_path / "down.jsonl", _texts(VOCAB_A, 40))
+    caps = tmp_path / "caps.jsonl"
+    caps.write_text("".join(json.dumps({"clip_id": f"c{i}", "caption": _words(VOCAB_A, i), "model": "x"}) + "\n"
+                            for i in range(40)))
+    specs = [{"name": "subs", "role": "subtitles", "kind": "annotations", "paths": [str(subs)]},
+             {"name": "caps", "role": "captions", "kind": "captions", "paths": [str(caps)]},
+             {"name": "down", "role": "downstream", "kind": "annotations", "paths": [str(down)]}]
+    out = tmp_path / "out"
+    rows = domain_gap_run(str(setup / "clip"), specs, str(out / "gap.csv"), str(out / "gap.md"),
+                          options={"seeds": 2})
+    nmi = {(r["corpus_a"], r["corpus_b"]): r["nmi_mean"] for r in rows}
+    reading = captions_closer(rows, specs)
+    assert reading == [{"downstream": "down", "subtitles": nmi[("subs", "down")], "captions": nmi[("caps", "down")],
+                        "closer": True}]
+    assert nmi[("caps", "down")] < 0.05 < 0.5 < nmi[("subs", "down")]
+    assert "- down: subtitles" in (out / "gap.md").read_text() and "holds" in (out / "gap.md").read_text()
+    # swapped roles: the reading says so
+    swapped = [dict(specs[0], paths=[str(down)]), specs[1], dict(specs[2], paths=[str(subs)])]
+    rows = domain_gap_run(str(setup / "clip"), swapped, str(out / "gap2.csv"), str(out / "gap2.md"),
+                          options={"seeds": 2})
+    assert [r["closer"] for r in captions_closer(rows, swapped)] == [False]
+    assert "does NOT hold" in (out / "gap2.md").read_text()
 
 
 def test_domain_gap_cli_writes_table_and_plot(setup, tmp_path):
