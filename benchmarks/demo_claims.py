@@ -3,6 +3,7 @@
 Usage (not part of CI or `make demo`; ~3x the demo's time):
     OMP_NUM_THREADS=1 python benchmarks/demo_claims.py                       # seeds 0 1 2, results_seeds/seed<k>
     python benchmarks/demo_claims.py --seeds 0 1 2 --root /tmp/claims --cores 2
+    python benchmarks/demo_claims.py --reuse 0=results                        # seed 0 = the `make demo` run
 
 For each seed k: ``snakemake --cores N --configfile <overlay>`` with ``results: <root>/seed<k>`` and
 ``demo.corpus.seed: k`` (everything else is config.yaml: the demo as `make demo` runs it), then the claims of
@@ -44,16 +45,38 @@ def run_seed(seed: int, root: Path, cores: int) -> dict:
     return {"seed": seed, "seconds": seconds, "claims": claims}
 
 
+def reuse_seed(seed: int, results: Path) -> dict:
+    """Seed ``seed``'s claims from a finished run (e.g. ``make demo``'s results for seed 0), not run again."""
+    done = json.loads((results / "demo" / "DONE.json").read_text())
+    if done["options"]["seed"] != seed:
+        raise SystemExit(f"--reuse {seed}={results}: that run's demo corpus has seed {done['options']['seed']}")
+    claims = json.loads((results / "tables" / "demo_claims.json").read_text())["claims"]
+    print(f"seed {seed}: {sum(bool(c['holds']) for c in claims)}/5 claims hold (reused {results})", flush=True)
+    return {"seed": seed, "seconds": None, "claims": claims}
+
+
+def _reuse_arg(text: str) -> tuple[int, Path]:
+    seed, _, folder = text.partition("=")
+    if not seed.isdigit() or not folder:
+        raise argparse.ArgumentTypeError(f"expected SEED=RESULTS_DIR, got {text!r}")
+    return int(seed), Path(folder)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--root", default=str(REPO / "results_seeds"), help="one results folder per seed below it")
     parser.add_argument("--cores", type=int, default=2)
+    parser.add_argument("--reuse", type=_reuse_arg, action="append", default=[], metavar="SEED=RESULTS_DIR",
+                        help="take this seed's claims from a finished run instead of running it (repeatable)")
     args = parser.parse_args(argv)
-    runs = [run_seed(seed, Path(args.root), args.cores) for seed in args.seeds]
+    reused = dict(args.reuse)
+    runs = [reuse_seed(seed, reused[seed]) if seed in reused else run_seed(seed, Path(args.root), args.cores)
+            for seed in args.seeds]
     ids = [c["id"] for c in runs[0]["claims"]]
     on_every_seed = 0
-    print(f"\n| claim | {' | '.join(f'seed {r['seed']}' for r in runs)} | margin mean ± std |")
+    header = " | ".join(f"seed {r['seed']}" for r in runs)
+    print(f"\n| claim | {header} | margin mean ± std |")
     print("|---|" + "---|" * len(runs) + "---|")
     for k, cid in enumerate(ids):
         per_seed = [r["claims"][k] for r in runs]

@@ -245,3 +245,14 @@ print(json.dumps({{"config": checked, "heavy": heavy}}))
     with pytest.raises(ConfigError, match="batchsize"):
         validate_config(bad, SCHEMA)
     validate_config(with_overlay({"evaluate.options": {"batchsize": 64}}), SCHEMA, checks=False)
+
+
+def test_every_benchmark_compiles_on_this_python(tmp_path):
+    # Benchmarks are not run in CI; a syntax this Python rejects (e.g. 3.12-only f-string quoting) would only
+    # show when a user runs one.
+    import py_compile
+
+    scripts = sorted((REPO / "benchmarks").glob("*.py"))
+    assert len(scripts) >= 5
+    for script in scripts:
+        py_compile.compile(str(script), cfile=str(tmp_path / f"{script.stem}.pyc"), doraise=True)
