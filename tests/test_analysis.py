@@ -89,15 +89,20 @@ def test_identical_corpora_have_no_gap(setup, text_encoder, tmp_path):
     assert rows[0]["nmi_mean"] == pytest.approx(0.0, abs=1e-9)  # same sample order: identical features
 
 
+def _three_corpora(folder, subs, caps, down) -> list[dict]:
+    """Corpus specs of a subtitles, a captions and a downstream corpus, each ``(vocabulary, count)``."""
+    captions = folder / "caps.jsonl"
+    captions.write_text("".join(json.dumps({"clip_id": f"c{i}", "caption": _words(caps[0], i), "model": "x"}) + "\n"
+                                for i in range(caps[1])))
+    return [{"name": "subs", "role": "subtitles", "kind": "annotations",
+             "paths": [str(_jsonl(folder / "subs.jsonl", _texts(*subs)))]},
+            {"name": "caps", "role": "captions", "kind": "captions", "paths": [str(captions)]},
+            {"name": "down", "role": "downstream", "kind": "annotations",
+             "paths": [str(_jsonl(folder / "down.jsonl", _texts(*down)))]}]
+
+
 def test_disjoint_vocabularies_have_a_large_gap_through_the_real_text_encoder(setup, text_encoder, tmp_path):
-    a = _jsonl(tmp_path / "a.jsonl", _texts(VOCAB_A, 60))
-    b = _jsonl(tmp_path / "b.jsonl", _texts(VOCAB_B, 80))
-    captions = tmp_path / "captions.jsonl"
-    captions.write_text("".join(json.dumps({"clip_id": f"c{i}", "caption": _words(VOCAB_A, i), "model": "x"}) + "\n"
-                                for i in range(30)))
-    specs = [{"name": "subs", "role": "subtitles", "kind": "annotations", "paths": [str(a)]},
-             {"name": "caps", "role": "captions", "kind": "captions", "paths": [str(captions)]},
-             {"name": "down", "role": "downstream", "kind": "annotations", "paths": [str(b)]}]
+    specs = _three_corpora(tmp_path, subs=(VOCAB_A, 60), caps=(VOCAB_A, 30), down=(VOCAB_B, 80))
     rows = domain_gap(specs, *text_encoder, DomainGapOptions.from_dict({"seeds": 3, "sample_size": 50}))
     by_pair = {(r["corpus_a"], r["corpus_b"]): r for r in rows}
     assert list(by_pair) == [("subs", "down"), ("caps", "down"), ("subs", "caps")]
@@ -109,14 +114,7 @@ def test_disjoint_vocabularies_have_a_large_gap_through_the_real_text_encoder(se
 
 def test_the_papers_reading_marks_captions_closer_only_when_they_are(setup, tmp_path):
     # subtitles from another vocabulary, captions from the downstream one: the captions are closer
-    subs = _jsonl(tmp_path / "subs.jsonl", _texts(VOCAB_B, 40))
-    down = _jsonl(tmp_path / "down.jsonl", _texts(VOCAB_A, 40))
-    caps = tmp_path / "caps.jsonl"
-    caps.write_text("".join(json.dumps({"clip_id": f"c{i}", "caption": _words(VOCAB_A, i), "model": "x"}) + "\n"
-                            for i in range(40)))
-    specs = [{"name": "subs", "role": "subtitles", "kind": "annotations", "paths": [str(subs)]},
-             {"name": "caps", "role": "captions", "kind": "captions", "paths": [str(caps)]},
-             {"name": "down", "role": "downstream", "kind": "annotations", "paths": [str(down)]}]
+    specs = _three_corpora(tmp_path, subs=(VOCAB_B, 40), caps=(VOCAB_A, 40), down=(VOCAB_A, 40))
     out = tmp_path / "out"
     rows = domain_gap_run(str(setup / "clip"), specs, str(out / "gap.csv"), str(out / "gap.md"),
                           options={"seeds": 2})
@@ -127,7 +125,7 @@ def test_the_papers_reading_marks_captions_closer_only_when_they_are(setup, tmp_
     assert nmi[("caps", "down")] < 0.05 < 0.5 < nmi[("subs", "down")]
     assert "- down: subtitles" in (out / "gap.md").read_text() and "holds" in (out / "gap.md").read_text()
     # swapped roles: the reading says so
-    swapped = [dict(specs[0], paths=[str(down)]), specs[1], dict(specs[2], paths=[str(subs)])]
+    swapped = [dict(specs[0], paths=specs[2]["paths"]), specs[1], dict(specs[2], paths=specs[0]["paths"])]
     rows = domain_gap_run(str(setup / "clip"), swapped, str(out / "gap2.csv"), str(out / "gap2.md"),
                           options={"seeds": 2})
     assert [r["closer"] for r in captions_closer(rows, swapped)] == [False]
