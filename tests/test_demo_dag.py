@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 import yaml
@@ -72,6 +73,15 @@ def test_every_stage_ran_and_the_table_has_each_row(demo_run):
     # the image-text pre-training of the tiny CLIP and captioner ran (a few steps at CI size)
     log = json.loads((results / "pretrained/pretrain_log.json").read_text())
     assert len(log["clip_loss"]) >= 1 and len(log["captioner_loss"]) >= 1
+    # the captioner's held-out check: its examples are what the saved captioner writes for those stills
+    from clipvip.captions import Captioner
+    from clipvip.demo_data import render_still, still_specs
+
+    held = log["captioner_heldout"]
+    assert 0 <= held["colour"] <= 1 and 0 <= held["shape"] <= 1
+    specs = [dict(s, size="small") for s in still_specs(np.random.default_rng([1000, 9]), 4)]
+    captioner = Captioner(str(results / "pretrained/captioner"), "cpu", num_beams=1, max_new_tokens=12)
+    assert held["examples"] == captioner([render_still(s, 64) for s in specs])
     assert (results / "runs/finetune/vip-vsc_fc/demo_msrvtt/model/config.json").exists()
     for shard in (results / "frames/demo_msrvtt").glob("*.h5"):
         assert shard.with_suffix(".failures.tsv").exists()
