@@ -18,8 +18,11 @@ own training, the captioner with next-token cross-entropy on short descriptions 
 seeded PyTorch loops: they stand in for OpenAI's CLIP training and BLIP's captioning data. The CLIP then
 knows *what* is in a frame and the words of video captions, but nothing about motion; losses are in ``OUT/pretrain_log.json``.
 
-Both captioner kinds use the real CLIP BPE tokenizer (``clipvip.tokenizer.build_clip_tokenizer``), so no
-vocabulary download is needed; ``<|startoftext|>`` starts and ``<|endoftext|>`` ends (and pads) a caption.
+Both captioner kinds use, as BLIP and GIT do, a lower-case WordPiece tokenizer (``tokenizer: wordpiece``), its
+vocabulary learnt from the renderer's still captions (``captioner_wordpiece``): BLIP's ``[DEC]`` or GIT's
+``[CLS]`` starts a caption, ``[SEP]`` ends it. ``tokenizer: clip`` takes the real CLIP BPE instead
+(``clipvip.tokenizer.build_clip_tokenizer``; ``<|startoftext|>`` starts, ``<|endoftext|>`` ends and pads); no
+vocabulary is downloaded either way.
 A random captioner writes gibberish, but deterministically (greedy/beam search, fixed seed).
 
 VideoCLIP's tiny BERT (the demo's stand-in for ``bert-base-uncased``; ``--only bert``, its own workflow rule so
@@ -71,6 +74,11 @@ class TinyCaptionerOptions(StageOptions):
     layers: int = option(1, "layers of vision and text", minimum=1)
     heads: int = option(2, "attention heads", minimum=1)
     max_position_embeddings: int = option(64, "text positions", minimum=8)
+    tokenizer: str = option("wordpiece", "text vocabulary: 'wordpiece' = a lower-case WordPiece vocabulary learnt "
+                            "from the renderer's still captions, the kind BLIP and GIT use (bert-base-uncased; "
+                            "BLIP starts captions with [DEC]); 'clip' = the real 49408-token CLIP BPE (17x "
+                            "slower to train: its output softmax dominates)", choices=("wordpiece", "clip"))
+    vocab_size: int = option(512, "WordPiece vocabulary size (at most)", minimum=16)
     seed: int = option(0, "init seed")
 
 
@@ -167,6 +175,24 @@ TINY_CAPTIONERS.register("blip", _blip)
 TINY_CAPTIONERS.register("git", _git)
 
 
+def captioner_wordpiece(kind: str, vocab_size: int, max_length: int):
+    """A WordPiece tokenizer learnt from the words the demo's renderer uses in still captions and alt-texts.
+
+    Its start token is the one the captioner family starts captions with: BLIP's decoder start ``[DEC]``
+    (replacing ``[CLS]``, as BLIP does), GIT's ``[CLS]``; ``[SEP]`` ends a caption."""
+    import numpy as np
+
+    from clipvip.demo_data import still_alt_text, still_caption, still_short_caption, still_specs
+    from clipvip.tokenizer import build_wordpiece_tokenizer
+
+    rng = np.random.default_rng(0)
+    specs = still_specs(rng, 2000)
+    corpus = [t for s in specs for t in (still_caption(s, rng), still_alt_text(s, rng, 1.0), still_short_caption(s))]
+    start = {"blip": "[DEC]"}.get(kind, "[CLS]")
+    return build_wordpiece_tokenizer(corpus, vocab_size, extra_specials=("[DEC]",) if start == "[DEC]" else (),
+                                     bos_token=start, eos_token="[SEP]", model_max_length=max_length)
+
+
 def build_tiny_captioner(out_dir, **options) -> Path:
     """Save a seeded random tiny captioner (``kind``: a ``TINY_CAPTIONERS`` name) and its processor."""
     import torch
@@ -174,7 +200,10 @@ def build_tiny_captioner(out_dir, **options) -> Path:
     from clipvip.tokenizer import build_clip_tokenizer
 
     o = TinyCaptionerOptions.from_dict(options).to_dict()
-    tokenizer = build_clip_tokenizer(model_max_length=o["max_position_embeddings"])
+    if o["tokenizer"] == "clip":
+        tokenizer = build_clip_tokenizer(model_max_length=o["max_position_embeddings"])
+    else:
+        tokenizer = captioner_wordpiece(o["kind"], o["vocab_size"], o["max_position_embeddings"])
     torch.manual_seed(int(o["seed"]))
     model, processor = TINY_CAPTIONERS.get(o["kind"])(o, tokenizer)
     model.generation_config.do_sample = False
@@ -287,10 +316,12 @@ def pretrain_tiny_captioner(model_dir, options: dict | TinyTrainOptions) -> list
         pixels = processor.image_processor(images=list(images), return_tensors="pt")["pixel_values"]
         enc = tokenizer([still_short_caption(s) for s in specs], padding=True, return_tensors="pt")
         ids, mask = enc["input_ids"], enc["attention_mask"]
-        if ids[0, 0] != tokenizer.bos_token_id:  # every caption starts with the start token
+        if tokenizer.cls_token_id is not None and bool((ids[:, 0] == tokenizer.cls_token_id).all()):
+            ids[:, 0] = tokenizer.bos_token_id  # BLIP: [DEC] takes [CLS]'s place (a no-op for GIT)
+        elif ids[0, 0] != tokenizer.bos_token_id:  # every caption starts with the start token
             ids = torch.cat([torch.full_like(ids[:, :1], tokenizer.bos_token_id), ids], 1)
             mask = torch.cat([torch.ones_like(mask[:, :1]), mask], 1)
-        labels = ids.masked_fill(mask == 0, -100)  # pad == eos: the one real end token keeps its label
+        labels = ids.masked_fill(mask == 0, -100)  # the end token keeps its label, also where pad == eos
         loss = _captioner_loss(model, pixels, ids, mask, labels, eos)
         opt.zero_grad(set_to_none=True)
         loss.backward()

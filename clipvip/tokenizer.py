@@ -69,3 +69,19 @@ def build_clip_tokenizer(model_max_length: int = 77) -> CLIPTokenizerFast:
     if len(tokenizer) != 49408 or tokenizer.convert_tokens_to_ids(EOS) != 49407:
         raise RuntimeError(f"CLIP tokenizer conversion failed: {len(tokenizer)} tokens")
     return tokenizer
+
+
+BERT_SPECIALS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
+
+
+def build_wordpiece_tokenizer(corpus, vocab_size: int, extra_specials: tuple[str, ...] = (), **special_tokens):
+    """A lower-casing WordPiece ``BertTokenizerFast`` (``bert-base-uncased``'s kind) whose vocabulary is learnt
+    from the texts of ``corpus`` (at most ``vocab_size`` entries, BERT's five specials first, then
+    ``extra_specials`` such as BLIP's ``[DEC]``). ``special_tokens`` (``bos_token="[DEC]"``, ...) name roles."""
+    from tokenizers import BertWordPieceTokenizer
+    from transformers import BertTokenizerFast
+
+    wordpiece = BertWordPieceTokenizer(lowercase=True)
+    wordpiece.train_from_iterator(list(corpus), vocab_size=vocab_size, min_frequency=1,
+                                  special_tokens=list(BERT_SPECIALS + tuple(extra_specials)))
+    return BertTokenizerFast(vocab=wordpiece.get_vocab(), do_lower_case=True, **special_tokens)

@@ -130,4 +130,20 @@ def test_tiny_models_stage(tmp_path):
     assert CLIPModel.from_pretrained(tmp_path / "clip").config.vision_config.image_size == 32
     processor = AutoProcessor.from_pretrained(tmp_path / "captioner")
     model = AutoModelForImageTextToText.from_pretrained(tmp_path / "captioner")
-    assert model.config.model_type == "git" and processor.tokenizer.eos_token == "<|endoftext|>"
+    tok = processor.tokenizer
+    assert model.config.model_type == "git" and (tok.bos_token, tok.eos_token) == ("[CLS]", "[SEP]")
+    assert model.config.vocab_size == len(tok) < 512  # the learnt WordPiece vocabulary, not CLIP's 49408
+
+
+@pytest.mark.parametrize("kind, start", [("blip", "[DEC]"), ("git", "[CLS]")])
+def test_captioner_wordpiece_knows_the_renderer_words_and_starts_like_its_family(kind, start):
+    from clipvip.demo_data import COLOURS, SHAPES
+    from clipvip.tiny_models import captioner_wordpiece
+
+    tok = captioner_wordpiece(kind, 512, 64)
+    words = ["a", *COLOURS, *SHAPES, "moves", "then", "left", "top"]
+    ids = tok(" ".join(words), add_special_tokens=False)["input_ids"]
+    assert len(ids) == len(words) and tok.unk_token_id not in ids  # every word is one whole token
+    assert tok.decode(ids) == " ".join(words)
+    assert (tok.bos_token, tok.eos_token, tok.pad_token) == (start, "[SEP]", "[PAD]")
+    assert tok.convert_tokens_to_ids(start) != tok.unk_token_id

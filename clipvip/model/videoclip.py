@@ -348,16 +348,13 @@ def build_tiny_bert(out_dir, hidden_size: int = 32, layers: int = 2, heads: int 
     """A seeded random tiny ``BertModel`` + a WordPiece ``BertTokenizerFast`` trained on ``corpus`` (default:
     demo-like captions), saved like a hub folder: ``VideoCLIPModel.from_pretrained(out_dir)`` loads it as it
     would ``bert-base-uncased``."""
-    from tokenizers import BertWordPieceTokenizer
-    from transformers import BertConfig, BertModel, BertTokenizerFast
+    from transformers import BertConfig, BertModel
+
+    from clipvip.tokenizer import build_wordpiece_tokenizer
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    wordpiece = BertWordPieceTokenizer(lowercase=True)
-    wordpiece.train_from_iterator(list(corpus or DEFAULT_CORPUS), vocab_size=vocab_size, min_frequency=1,
-                                  special_tokens=["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"])
-    wordpiece.save_model(str(out))
-    tokenizer = BertTokenizerFast(vocab=wordpiece.get_vocab(), do_lower_case=True)
+    tokenizer = build_wordpiece_tokenizer(corpus or DEFAULT_CORPUS, vocab_size)
     tokenizer.save_pretrained(out)
     config = BertConfig(vocab_size=len(tokenizer), hidden_size=hidden_size, num_hidden_layers=layers,
                         num_attention_heads=heads, intermediate_size=intermediate_size,
