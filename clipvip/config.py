@@ -262,7 +262,7 @@ def check_stage_options(config: dict) -> None:
     TrainOptions.from_dict(finetune["options"], "finetune", "finetune.options")
     for name, block in finetune["per_dataset"].items():
         TrainOptions.from_dict(block, "finetune", f"finetune.per_dataset.{name}")
-    for variant in variants(config):
+    for variant in finetuned_variants(config):
         for name in finetune["datasets"]:
             TrainOptions.from_dict(finetune_options(config, variant, name), "finetune",
                                    f"finetune.per_dataset.{name}")
@@ -285,9 +285,9 @@ def check_analysis_options(config: dict) -> None:
     for name in config["finetune"]["datasets"]:
         GalleryOptions.from_dict({**dataset_settings(config, name), **gallery}, "analysis.gallery")
     variant = (analysis.get("gallery") or {}).get("variant")
-    if variant and variant not in variants(config):
-        raise OptionError("analysis.gallery.variant", f"{variant!r} is not one of the variants "
-                          f"({', '.join(variants(config))})")
+    if variant and variant not in finetuned_variants(config):
+        raise OptionError("analysis.gallery.variant", f"{variant!r} is not one of the fine-tuned variants "
+                          f"({', '.join(finetuned_variants(config))}): the gallery shows a fine-tuned model")
     study = config.get("study") or {}
     fractions = study.get("data_scale") or []
     if fractions and not config["pretrain"]["enabled"]:
@@ -338,11 +338,33 @@ def variants(config: dict) -> dict[str, dict]:
     return found
 
 
+def finetuned_variants(config: dict) -> list[str]:
+    """The variants fine-tuned on every ``finetune.datasets`` entry: those whose loss is in ``finetune.losses``
+    (null = every variant), data-scale variants included. Zero-shot rows cover every variant either way, so a
+    budget can fine-tune the paper's loss for each encoder while the loss ablation stays zero-shot."""
+    found = variants(config)
+    losses = (config.get("finetune") or {}).get("losses")
+    if losses is None:
+        return list(found)
+    grid = list(dict.fromkeys(v["loss"] for v in found.values()))
+    unknown = [loss for loss in losses if loss not in grid]
+    if unknown:
+        raise ConfigError(f"config error at finetune.losses: {', '.join(map(repr, unknown))} is not a loss of the "
+                          f"ablation grid (ablation.loss: {', '.join(grid)})")
+    return [k for k, v in found.items() if v["loss"] in losses]
+
+
 def study_variant(config: dict, base: dict | None = None) -> str:
-    """The variant the data-scale study scales (``study.variant``, default the first ablation variant)."""
+    """The variant the data-scale study scales (``study.variant``, default the first fine-tuned ablation variant);
+    the study compares fine-tuned models, so it must be fine-tuned."""
     if base is None:
         base = {k: v for k, v in variants(config).items() if "data_scale" not in v}
-    name = (config.get("study") or {}).get("variant") or next(iter(base))
+    losses = (config.get("finetune") or {}).get("losses")
+    tuned = [k for k, v in base.items() if losses is None or v["loss"] in losses]
+    name = (config.get("study") or {}).get("variant") or next(iter(tuned or base))
+    if name not in tuned and name in base:
+        raise ConfigError(f"config error at study.variant: {name!r} is not fine-tuned (finetune.losses: "
+                          f"{', '.join(losses)}); the data-scale study compares fine-tuned models")
     if name not in base:
         raise ConfigError(f"config error at study.variant: {name!r} is not one of the ablation variants "
                           f"({', '.join(base)})")

@@ -111,6 +111,10 @@ def test_captioner_is_required_only_when_a_caption_loss_is_trained():
                                           "caption loss"):
         validate_config(copy.deepcopy(config), SCHEMA)
     config["demo"]["defaults"]["ablation"]["loss"] = ["vs"]
+    with pytest.raises(ConfigError, match="config error at finetune.losses: 'vsc_fc' is not a loss of the "
+                                          r"ablation grid \(ablation.loss: vs\)"):
+        validate_config(copy.deepcopy(config), SCHEMA)
+    config["demo"]["defaults"]["finetune"]["losses"] = ["vs"]
     validate_config(config, SCHEMA)
 
 
@@ -123,6 +127,7 @@ def test_a_registered_encoder_is_selectable_in_the_config():
     try:
         register_video_encoder("toy_cfg", video_tokens=False)(type("Toy", (), {}))
         config = validate_config(with_overlay({"ablation": {"video_encoder": ["toy_cfg"], "loss": ["vs"]},
+                                               "finetune": {"losses": None},
                                                "evaluate": {"options": {"video_encoder": "toy_cfg"}}}), SCHEMA)
         assert "toy_cfg-vs" in __import__("clipvip.config").config.variants(config)
     finally:

@@ -61,7 +61,7 @@ def data_scale_points():
 
 
 def gallery_variant():
-    return ANALYSIS["gallery"].get("variant") or next(iter(VARIANTS))
+    return ANALYSIS["gallery"].get("variant") or next(iter(FINETUNED))
 
 
 def gallery_datasets():

@@ -6,6 +6,7 @@ import os
 from clipvip.config import (
     dataset_settings,
     finetune_options,
+    finetuned_variants,
     pretrain_options,
     validate_config,
     variants,
@@ -19,6 +20,7 @@ validate_config(config, workflow.source_path("../schemas/config.schema.yaml"), c
 R = config["results"]
 DATASETS = config["datasets"]
 VARIANTS = variants(config)
+FINETUNED = finetuned_variants(config)  # the variants whose loss is in finetune.losses (default: all)
 DEMO = config["demo"]
 DEMO_DIR = f"{R}/demo"
 PRETRAINED_DIR = f"{R}/pretrained"
@@ -109,7 +111,7 @@ def eval_rows():
         rows.append("base")
         if config["pretrain"]["enabled"]:
             rows += [f"pretrained-{v}" for v in VARIANTS]
-    rows += [f"finetuned-{v}" for v in VARIANTS]
+    rows += [f"finetuned-{v}" for v in FINETUNED]
     return rows
 
 
@@ -127,7 +129,7 @@ def train_logs():
     logs = []
     if config["pretrain"]["enabled"]:
         logs += [f"{R}/runs/pretrain/{v}/metrics.jsonl" for v in VARIANTS]
-    logs += [f"{R}/runs/finetune/{v}/{ds}/metrics.jsonl" for v in VARIANTS for ds in config["finetune"]["datasets"]]
+    logs += [f"{R}/runs/finetune/{v}/{ds}/metrics.jsonl" for v in FINETUNED for ds in config["finetune"]["datasets"]]
     return logs
 
 
