@@ -355,35 +355,78 @@ def captioner_accuracy(model_dir, frame_size: int = 64, count: int = 128, seed: 
     return {"colour": hits("colour"), "shape": hits("shape"), "examples": captions[:4]}
 
 
-def build_tiny_models(out_dir, options: dict | None = None) -> dict:
-    """``OUT/clip``, ``OUT/captioner`` (pre-trained when ``train`` asks), ``OUT/DONE.json`` (last, atomic)."""
-    import time
+PARTS = ("clip", "captioner")  # each its own workflow job: the CLIP's pre-training never waits for the captioner's
 
-    from clipvip.model.tiny import build_tiny_clip
 
+def _part_options(options) -> tuple[TinyModelsOptions, TinyTrainOptions]:
     opts = options if isinstance(options, TinyModelsOptions) else TinyModelsOptions.from_dict(options)
     train = TinyTrainOptions.from_dict(opts.train)
     if train.threads:
         import torch
 
         torch.set_num_threads(train.threads)
+    return opts, train
+
+
+def part_options(options: dict, part: str) -> dict:
+    """The ``tiny_models`` options one part uses (its geometry, the shared and its own ``train`` keys): what
+    its workflow rule passes, so changing the captioner's steps never rebuilds the CLIP and vice versa."""
+    other = [p for p in PARTS if p != part]
+    train = {k: v for k, v in (options.get("train") or {}).items() if not any(k.startswith(f"{o}_") for o in other)}
+    return {part: options.get(part) or {}, "train": train}
+
+
+def build_demo_clip(out_dir, options: dict | TinyModelsOptions | None = None) -> dict:
+    """``OUT/clip`` (built, then image-text pre-trained when ``train.clip_steps``) and, last, ``OUT/DONE_clip.json``
+    (options and training log; atomic: its presence means the CLIP is complete)."""
+    import time
+
+    from clipvip.model.tiny import build_tiny_clip
+
+    opts, train = _part_options(options)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "DONE.json").unlink(missing_ok=True)
+    (out / "DONE_clip.json").unlink(missing_ok=True)
     clip = build_tiny_clip(out / "clip", **opts.clip)
-    captioner = build_tiny_captioner(out / "captioner", **opts.captioner)
-    log = {}
-    started = time.perf_counter()
+    log, started = {}, time.perf_counter()
     if train.clip_steps:
         log["clip_loss"] = pretrain_tiny_clip(clip, train)
         log["clip_seconds"] = round(time.perf_counter() - started, 1)
-    started = time.perf_counter()
+    done = {"clip": str(clip), "options": {"clip": opts.clip, "train": opts.train}, "pretrain": log}
+    write_json_atomic(out / "DONE_clip.json", done)
+    return done
+
+
+def build_demo_captioner(out_dir, options: dict | TinyModelsOptions | None = None) -> dict:
+    """``OUT/captioner`` (built, then trained on "a red square" when ``train.captioner_steps``, with its held-out
+    accuracy) and, last, ``OUT/DONE_captioner.json`` (options and log; atomic like ``DONE_clip.json``)."""
+    import time
+
+    opts, train = _part_options(options)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "DONE_captioner.json").unlink(missing_ok=True)
+    captioner = build_tiny_captioner(out / "captioner", **opts.captioner)
+    log, started = {}, time.perf_counter()
     if train.captioner_steps:
         log["captioner_loss"] = pretrain_tiny_captioner(captioner, train)
         log["captioner_seconds"] = round(time.perf_counter() - started, 1)
         log["captioner_heldout"] = captioner_accuracy(captioner, train.frame_size, seed=train.seed + 1000)
+    done = {"captioner": str(captioner), "options": {"captioner": opts.captioner, "train": opts.train},
+            "pretrain": log}
+    write_json_atomic(out / "DONE_captioner.json", done)
+    return done
+
+
+def build_tiny_models(out_dir, options: dict | None = None) -> dict:
+    """Both parts (``DONE_clip.json``, ``DONE_captioner.json``), then ``OUT/pretrain_log.json`` and ``OUT/DONE.json`` last."""
+    opts = options if isinstance(options, TinyModelsOptions) else TinyModelsOptions.from_dict(options)
+    out = Path(out_dir)
+    (out / "DONE.json").unlink(missing_ok=True)
+    clip, captioner = build_demo_clip(out, opts), build_demo_captioner(out, opts)
+    log = {**clip["pretrain"], **captioner["pretrain"]}
     write_json_atomic(out / "pretrain_log.json", log)
-    done = {"clip": str(clip), "captioner": str(captioner), "options": opts.to_dict(), "pretrain": log}
+    done = {"clip": clip["clip"], "captioner": captioner["captioner"], "options": opts.to_dict(), "pretrain": log}
     write_json_atomic(out / "DONE.json", done)
     return done
 
@@ -436,8 +479,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--options", default=None,
                         help='JSON: {"clip": {build_tiny_clip kwargs}, "captioner": {"kind": "blip"|"git", ...}, '
                              '"bert": {TinyBertOptions}}')
-    parser.add_argument("--only", choices=("bert",), default=None,
-                        help="bert: build only OUT/bert (VideoCLIP's tiny BERT), leave clip/, captioner/ alone")
+    parser.add_argument("--only", choices=(*PARTS, "bert"), default=None,
+                        help="clip / captioner: build (and pre-train) only that part, OUT/<part>/ and OUT/DONE_<part>.json "
+                             "last; bert: only OUT/bert (VideoCLIP's tiny BERT); default: clip and captioner, then "
+                             "OUT/DONE.json")
     parser.add_argument("--corpus", nargs="+", default=[],
                         help="--only bert: annotation JSONLs whose texts the WordPiece vocabulary is learnt from")
     args = parser.parse_args(argv)
@@ -447,5 +492,6 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.corpus:
         parser.error("--corpus is only used with --only bert")
-    print(json.dumps(build_tiny_models(args.out, opts), indent=2))
+    build = {"clip": build_demo_clip, "captioner": build_demo_captioner}.get(args.only, build_tiny_models)
+    print(json.dumps(build(args.out, opts), indent=2))
     return 0

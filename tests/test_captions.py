@@ -135,6 +135,27 @@ def test_tiny_models_stage(tmp_path):
     assert model.config.vocab_size == len(tok) < 512  # the learnt WordPiece vocabulary, not CLIP's 49408
 
 
+def test_tiny_models_parts_build_alone_with_only_their_options(tmp_path):
+    from clipvip.tiny_models import main as tiny_main
+    from clipvip.tiny_models import part_options
+
+    options = {"clip": {"image_size": 32, "hidden_size": 32, "text_hidden": 32}, "captioner": {"kind": "git"},
+               "train": {"clip_steps": 2, "clip_batch_size": 8, "captioner_steps": 2, "captioner_batch_size": 4,
+                         "seed": 3}}
+    captioner_only = part_options(options, "captioner")
+    assert captioner_only == {"captioner": {"kind": "git"},
+                              "train": {"captioner_steps": 2, "captioner_batch_size": 4, "seed": 3}}
+    assert tiny_main(["--out", str(tmp_path), "--only", "captioner", "--options", json.dumps(captioner_only)]) == 0
+    done = json.loads((tmp_path / "DONE_captioner.json").read_text())
+    assert done["captioner"] == str(tmp_path / "captioner") and len(done["pretrain"]["captioner_loss"]) == 2
+    assert set(done["pretrain"]["captioner_heldout"]) == {"colour", "shape", "examples"}
+    assert not (tmp_path / "clip").exists() and not (tmp_path / "DONE.json").exists()
+    clip_only = part_options(options, "clip")
+    assert tiny_main(["--out", str(tmp_path), "--only", "clip", "--options", json.dumps(clip_only)]) == 0
+    done = json.loads((tmp_path / "DONE_clip.json").read_text())
+    assert done["options"]["clip"]["image_size"] == 32 and len(done["pretrain"]["clip_loss"]) == 2
+
+
 @pytest.mark.parametrize("kind, start", [("blip", "[DEC]"), ("git", "[CLS]")])
 def test_captioner_wordpiece_knows_the_renderer_words_and_starts_like_its_family(kind, start):
     from clipvip.demo_data import COLOURS, SHAPES

@@ -71,8 +71,11 @@ def test_every_stage_ran_and_the_table_has_each_row(demo_run):
     claims = pd.read_csv(results / "tables/demo_claims.csv", keep_default_na=False)  # "n/a" stays a mark
     assert list(claims["id"]) == ["a", "b", "c", "d", "e"] and set(claims["holds"]) <= {"pass", "FAIL", "n/a"}
     # the image-text pre-training of the tiny CLIP and captioner ran (a few steps at CI size)
-    log = json.loads((results / "pretrained/pretrain_log.json").read_text())
-    assert len(log["clip_loss"]) >= 1 and len(log["captioner_loss"]) >= 1
+    # (two jobs: each part's JSON, written last, has its options and training log)
+    clip_done = json.loads((results / "pretrained/DONE_clip.json").read_text())
+    log = json.loads((results / "pretrained/DONE_captioner.json").read_text())["pretrain"]
+    assert len(clip_done["pretrain"]["clip_loss"]) >= 1 and len(log["captioner_loss"]) >= 1
+    assert "captioner_steps" not in clip_done["options"]["train"] and "captioner" not in clip_done["options"]
     # the captioner's held-out check: its examples are what the saved captioner writes for those stills
     from clipvip.captions import Captioner
     from clipvip.demo_data import render_still, still_specs

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from clipvip.config import ConfigError, finetune_options, validate_config, variants
+from clipvip.config import ConfigError, finetune_options, finetuned_variants, validate_config, variants
 
 REPO = Path(__file__).resolve().parents[1]
 SCHEMA = REPO / "workflow/schemas/config.schema.yaml"
@@ -30,6 +30,29 @@ def test_demo_config_is_valid_and_defaults_are_filled():
     assert config["launch"] == {"launcher": "local", "tasks": 1}
     # the demo's ablation grid: encoders (ViP vs MeanPool) x losses (L(V,S) vs L(V,S,C)+L(F,C))
     assert set(variants(config)) == {"vip-vs", "vip-vsc_fc", "meanpool-vs", "meanpool-vsc_fc"}
+
+
+def test_finetune_losses_pick_the_finetuned_variants_and_typos_are_refused():
+    config = validate_config(demo_config(), SCHEMA)
+    # the demo fine-tunes the paper's loss for both encoders; the loss ablation stays zero-shot
+    assert finetuned_variants(config) == ["vip-vsc_fc", "meanpool-vsc_fc"]
+    everything = demo_config()
+    everything["finetune"] = {"losses": None}  # an overlay's null wins over the demo's list: every variant
+    assert finetuned_variants(validate_config(everything, SCHEMA)) == list(variants(config))
+    typo = demo_config()
+    typo["finetune"] = {"losses": ["vsc-fc"]}
+    with pytest.raises(ConfigError, match=r"finetune\.losses: 'vsc-fc' is not a loss of the ablation grid "
+                                          r"\(ablation\.loss: vs, vsc_fc\)"):
+        validate_config(typo, SCHEMA)
+    # data-scale variants follow their base variant; the study must scale a fine-tuned variant
+    scaled = demo_config()
+    scaled["study"] = {"data_scale": [0.5, 1.0]}
+    scaled = validate_config(scaled, SCHEMA)
+    assert finetuned_variants(scaled) == ["vip-vsc_fc", "meanpool-vsc_fc", "vip-vsc_fc-scale0p5"]
+    untuned = demo_config()
+    untuned["study"] = {"data_scale": [0.5, 1.0], "variant": "vip-vs"}
+    with pytest.raises(ConfigError, match="study.variant: 'vip-vs' is not fine-tuned"):
+        validate_config(untuned, SCHEMA)
 
 
 @pytest.mark.parametrize(
@@ -137,6 +160,11 @@ def test_dry_run_of_the_demo_lists_every_stage(tmp_path):
     for rule in ["demo_data", "tiny_models", "split_ids_demo_msrvtt", "frames", "frames_index", "captions",
                  "pretrain", "finetune", "evaluate", "tables"]:
         assert re.search(rf"^{rule}\s+\d+", proc.stdout, re.M), f"rule {rule} missing from the dry run"
+    # 4 post-pretrained variants, 2 of them fine-tuned on 2 datasets; 1 + 4 + 2 x 2 evaluations per dataset
+    assert re.search(r"^pretrain\s+4$", proc.stdout, re.M) and re.search(r"^finetune\s+4$", proc.stdout, re.M)
+    assert re.search(r"^evaluate\s+14$", proc.stdout, re.M)
+    tuned = set(re.findall(r"runs/finetune/([a-z_]+-[a-z_]+)/demo_msrvtt/model", proc.stdout))
+    assert tuned == {"vip-vsc_fc", "meanpool-vsc_fc"}
 
 
 def test_bad_config_stops_snakemake_before_any_job(tmp_path):

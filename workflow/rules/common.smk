@@ -12,6 +12,7 @@ from clipvip.config import (
     variants,
 )
 from clipvip.frames import read_clip_ids, shard_count
+from clipvip.tiny_models import part_options as tiny_part_options
 
 
 # Jobs re-read the workflow: the main process has checked everything before submitting any (see validate_config).
@@ -93,7 +94,9 @@ def frame_index(ds):
 def local_model_input(path):
     """A model given as a folder the workflow builds (or that exists) is an input; a hub name is not."""
     if DEMO["enabled"] and path.startswith(PRETRAINED_DIR):
-        return [f"{PRETRAINED_DIR}/DONE.json"]
+        part = os.path.relpath(path, PRETRAINED_DIR).split(os.sep)[0]  # clip or captioner (rule tiny_models)
+        parts = [part] if part in ("clip", "captioner") else ["clip", "captioner"]
+        return [f"{PRETRAINED_DIR}/DONE_{p}.json" for p in parts]
     return [path] if os.path.exists(path) else []
 
 

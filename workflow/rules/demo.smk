@@ -20,20 +20,23 @@ if DEMO["enabled"]:
             "clipvip demo-data --out {params.out} --options {params.options:q} > {log} 2>&1"
 
 
-    # Tiny CLIP + captioner built from configs, then pre-trained on still images of the demo's renderer
+    # Tiny CLIP and captioner built from configs, then pre-trained on still images of the demo's renderer
     # (demo.tiny_models.train: contrastive CLIP, captioner on "a red square"): the demo's stand-ins for OpenAI's
-    # CLIP and BLIP. Writes pretrained/{clip,captioner}/, pretrain_log.json and DONE.json last.
+    # CLIP and BLIP. One job each (they run side by side; each gets only its own options, so changing one never
+    # rebuilds the other): pretrained/<part>/ and, last, pretrained/DONE_<part>.json.
     rule tiny_models:
         output:
-            done=f"{PRETRAINED_DIR}/DONE.json",
+            done=f"{PRETRAINED_DIR}/DONE_{{part}}.json",
+        wildcard_constraints:
+            part="clip|captioner",
         params:
-            options=as_json(DEMO["tiny_models"]),
+            options=lambda wc: as_json(tiny_part_options(DEMO["tiny_models"], wc.part)),
             out=lambda wc, output: os.path.dirname(output.done),
         log:
-            f"{R}/logs/tiny_models.log",
+            f"{R}/logs/tiny_models/{{part}}.log",
         benchmark:
-            f"{R}/benchmarks/tiny_models.tsv"
+            f"{R}/benchmarks/tiny_models/{{part}}.tsv"
         conda:
             "../envs/clipvip.yaml"
         shell:
-            "clipvip tiny-models --out {params.out} --options {params.options:q} > {log} 2>&1"
+            "clipvip tiny-models --out {params.out} --only {wildcards.part} --options {params.options:q} > {log} 2>&1"
