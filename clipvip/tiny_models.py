@@ -378,7 +378,7 @@ def part_options(options: dict, part: str) -> dict:
 
 def build_demo_clip(out_dir, options: dict | TinyModelsOptions | None = None) -> dict:
     """``OUT/clip`` (built, then image-text pre-trained when ``train.clip_steps``) and, last, ``OUT/DONE_clip.json``
-    (options and training log; atomic: its presence means the CLIP is complete)."""
+    (its resolved options, ``part_options``, and training log; atomic: its presence means the CLIP is complete)."""
     import time
 
     from clipvip.model.tiny import build_tiny_clip
@@ -392,7 +392,7 @@ def build_demo_clip(out_dir, options: dict | TinyModelsOptions | None = None) ->
     if train.clip_steps:
         log["clip_loss"] = pretrain_tiny_clip(clip, train)
         log["clip_seconds"] = round(time.perf_counter() - started, 1)
-    done = {"clip": str(clip), "options": {"clip": opts.clip, "train": opts.train}, "pretrain": log}
+    done = {"clip": str(clip), "options": part_options(opts.to_dict(), "clip"), "pretrain": log}
     write_json_atomic(out / "DONE_clip.json", done)
     return done
 
@@ -412,8 +412,7 @@ def build_demo_captioner(out_dir, options: dict | TinyModelsOptions | None = Non
         log["captioner_loss"] = pretrain_tiny_captioner(captioner, train)
         log["captioner_seconds"] = round(time.perf_counter() - started, 1)
         log["captioner_heldout"] = captioner_accuracy(captioner, train.frame_size, seed=train.seed + 1000)
-    done = {"captioner": str(captioner), "options": {"captioner": opts.captioner, "train": opts.train},
-            "pretrain": log}
+    done = {"captioner": str(captioner), "options": part_options(opts.to_dict(), "captioner"), "pretrain": log}
     write_json_atomic(out / "DONE_captioner.json", done)
     return done
 
