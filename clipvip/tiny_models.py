@@ -376,45 +376,54 @@ def part_options(options: dict, part: str) -> dict:
     return {part: options.get(part) or {}, "train": train}
 
 
+def _build_part(out_dir, options, part: str, build, pretrain) -> dict:
+    """``OUT/<part>`` from ``build(folder, **geometry)``, then ``pretrain(folder, train)`` (a log dict, empty when
+    the part has no steps), and, last, ``OUT/DONE_<part>.json``: its resolved options (``part_options``) and
+    training log -- written atomically, so its presence means the part is complete."""
+    opts, train = _part_options(options)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"DONE_{part}.json").unlink(missing_ok=True)
+    folder = build(out / part, **getattr(opts, part))
+    done = {part: str(folder), "options": part_options(opts.to_dict(), part), "pretrain": pretrain(folder, train)}
+    write_json_atomic(out / f"DONE_{part}.json", done)
+    return done
+
+
+def _timed(log: dict, key: str, started: float) -> dict:
+    import time
+
+    return {**log, f"{key}_seconds": round(time.perf_counter() - started, 1)}
+
+
 def build_demo_clip(out_dir, options: dict | TinyModelsOptions | None = None) -> dict:
-    """``OUT/clip`` (built, then image-text pre-trained when ``train.clip_steps``) and, last, ``OUT/DONE_clip.json``
-    (its resolved options, ``part_options``, and training log; atomic: its presence means the CLIP is complete)."""
+    """``OUT/clip`` (built, then image-text pre-trained when ``train.clip_steps``) and ``OUT/DONE_clip.json``."""
     import time
 
     from clipvip.model.tiny import build_tiny_clip
 
-    opts, train = _part_options(options)
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "DONE_clip.json").unlink(missing_ok=True)
-    clip = build_tiny_clip(out / "clip", **opts.clip)
-    log, started = {}, time.perf_counter()
-    if train.clip_steps:
-        log["clip_loss"] = pretrain_tiny_clip(clip, train)
-        log["clip_seconds"] = round(time.perf_counter() - started, 1)
-    done = {"clip": str(clip), "options": part_options(opts.to_dict(), "clip"), "pretrain": log}
-    write_json_atomic(out / "DONE_clip.json", done)
-    return done
+    def pretrain(folder, train):
+        started = time.perf_counter()
+        if not train.clip_steps:
+            return {}
+        return _timed({"clip_loss": pretrain_tiny_clip(folder, train)}, "clip", started)
+
+    return _build_part(out_dir, options, "clip", build_tiny_clip, pretrain)
 
 
 def build_demo_captioner(out_dir, options: dict | TinyModelsOptions | None = None) -> dict:
     """``OUT/captioner`` (built, then trained on "a red square" when ``train.captioner_steps``, with its held-out
-    accuracy) and, last, ``OUT/DONE_captioner.json`` (options and log; atomic like ``DONE_clip.json``)."""
+    accuracy) and ``OUT/DONE_captioner.json``."""
     import time
 
-    opts, train = _part_options(options)
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "DONE_captioner.json").unlink(missing_ok=True)
-    captioner = build_tiny_captioner(out / "captioner", **opts.captioner)
-    log, started = {}, time.perf_counter()
-    if train.captioner_steps:
-        log["captioner_loss"] = pretrain_tiny_captioner(captioner, train)
-        log["captioner_seconds"] = round(time.perf_counter() - started, 1)
-        log["captioner_heldout"] = captioner_accuracy(captioner, train.frame_size, seed=train.seed + 1000)
-    done = {"captioner": str(captioner), "options": part_options(opts.to_dict(), "captioner"), "pretrain": log}
-    write_json_atomic(out / "DONE_captioner.json", done)
-    return done
+    def pretrain(folder, train):
+        started = time.perf_counter()
+        if not train.captioner_steps:
+            return {}
+        log = _timed({"captioner_loss": pretrain_tiny_captioner(folder, train)}, "captioner", started)
+        return {**log, "captioner_heldout": captioner_accuracy(folder, train.frame_size, seed=train.seed + 1000)}
+
+    return _build_part(out_dir, options, "captioner", build_tiny_captioner, pretrain)
 
 
 def build_tiny_models(out_dir, options: dict | None = None) -> dict:
