@@ -351,7 +351,13 @@ def finetuned_variants(config: dict) -> list[str]:
     if unknown:
         raise ConfigError(f"config error at finetune.losses: {', '.join(map(repr, unknown))} is not a loss of the "
                           f"ablation grid (ablation.loss: {', '.join(grid)})")
-    return [k for k, v in found.items() if v["loss"] in losses]
+    return _with_finetuned_loss(config, found)
+
+
+def _with_finetuned_loss(config: dict, found: dict) -> list[str]:
+    """Names in ``found`` whose loss ``finetune.losses`` lists (all when it is null)."""
+    losses = (config.get("finetune") or {}).get("losses")
+    return [k for k, v in found.items() if losses is None or v["loss"] in losses]
 
 
 def study_variant(config: dict, base: dict | None = None) -> str:
@@ -359,12 +365,11 @@ def study_variant(config: dict, base: dict | None = None) -> str:
     the study compares fine-tuned models, so it must be fine-tuned."""
     if base is None:
         base = {k: v for k, v in variants(config).items() if "data_scale" not in v}
-    losses = (config.get("finetune") or {}).get("losses")
-    tuned = [k for k, v in base.items() if losses is None or v["loss"] in losses]
+    tuned = _with_finetuned_loss(config, base)
     name = (config.get("study") or {}).get("variant") or next(iter(tuned or base))
     if name not in tuned and name in base:
         raise ConfigError(f"config error at study.variant: {name!r} is not fine-tuned (finetune.losses: "
-                          f"{', '.join(losses)}); the data-scale study compares fine-tuned models")
+                          f"{', '.join(config['finetune']['losses'])}); the data-scale study compares fine-tuned models")
     if name not in base:
         raise ConfigError(f"config error at study.variant: {name!r} is not one of the ablation variants "
                           f"({', '.join(base)})")
