@@ -263,6 +263,37 @@ def test_killed_extraction_leaves_no_complete_looking_store(tmp_path, make_video
         assert FrameStore(out).ids() == ids[:3]
 
 
+def test_sigterm_swallowed_inside_a_c_callback_still_never_publishes(tmp_path, make_video, monkeypatch):
+    # A Python exception raised by the signal handler while h5py/decord is inside a C callback can be
+    # printed as "Exception ignored" and lost; the recorded signal must still stop the shard unpublished.
+    import clipvip.frames.extract as extract
+
+    folder = link_videos(tmp_path / "v", {f"c{i}": make_video(seed=1) for i in range(4)})
+    real_extract_clip, calls = extract._extract_clip, []
+
+    def extract_clip_then_swallowed_sigterm(*args, **kwargs):
+        calls.append(args[1])
+        result = real_extract_clip(*args, **kwargs)
+        if len(calls) == 2:
+            try:
+                os.kill(os.getpid(), signal.SIGTERM)
+                time.sleep(0.05)  # the handler runs here and its SystemExit is swallowed below
+            except SystemExit:
+                pass
+        return result
+
+    monkeypatch.setattr(extract, "_extract_clip", extract_clip_then_swallowed_sigterm)
+    handler_before = signal.getsignal(signal.SIGTERM)
+    out = tmp_path / "s.h5"
+    with pytest.raises(SystemExit) as exit_info:
+        extract_shard(folder, [f"c{i}" for i in range(4)], out, progress=False)
+    assert exit_info.value.code == 128 + signal.SIGTERM
+    assert calls == ["c0", "c1"]  # stopped before the third clip
+    assert not out.exists() and not list(tmp_path.glob("s.h5.tmp-*"))
+    assert not (tmp_path / "s.failures.tsv").exists()
+    assert signal.getsignal(signal.SIGTERM) is handler_before
+
+
 def test_rewriting_a_shard_while_a_reader_has_it_open(tmp_path, make_video):
     folder = link_videos(tmp_path / "v", {"a": make_video(seed=1), "b": make_video(seed=2)})
     out = tmp_path / "s.h5"

@@ -177,8 +177,22 @@ def read_id_list(path: str | os.PathLike) -> list[str]:
         raise UserError(f"--ids: cannot read {path}: {exc.strerror or exc}") from None
 
 
-def _raise_on_sigterm(signum, frame):
-    raise SystemExit(128 + signum)  # runs the `finally` that removes the temp store
+class _Terminated:
+    """SIGTERM handler: raises ``SystemExit`` (which runs the ``finally`` that removes the temp store) and
+    remembers the signal, because an exception raised while h5py or decord is inside a C callback can be
+    printed as "Exception ignored" and swallowed; the flag is checked again before each clip and before
+    the store is published, so a terminated job never publishes."""
+
+    def __init__(self):
+        self.signum: int | None = None
+
+    def __call__(self, signum, frame):
+        self.signum = signum
+        raise SystemExit(128 + signum)
+
+    def check(self) -> None:
+        if self.signum is not None:
+            raise SystemExit(128 + self.signum)
 
 
 def extract_shard(video_dir: str | os.PathLike, clip_ids: list[str], out: str | os.PathLike,
@@ -199,7 +213,8 @@ def extract_shard(video_dir: str | os.PathLike, clip_ids: list[str], out: str | 
     failures: list[tuple[str, str, str]] = []
     decoders: Counter = Counter()
     published = False
-    previous_handler = signal.signal(signal.SIGTERM, _raise_on_sigterm) if _in_main_thread() else None
+    terminated = _Terminated()
+    previous_handler = signal.signal(signal.SIGTERM, terminated) if _in_main_thread() else None
     try:
         with h5py.File(tmp, "w", locking=False) as store:
             settings = asdict(options)
@@ -212,6 +227,7 @@ def extract_shard(video_dir: str | os.PathLike, clip_ids: list[str], out: str | 
             clips = store.create_group("clips")
             for clip_id in tqdm(clip_ids, desc=f"frames {out.name}", unit="video", disable=hide_progress(progress),
                                 mininterval=2.0):
+                terminated.check()
                 try:
                     jpegs, attrs = _extract_clip(video_dir, clip_id, options)
                 except VideoError as exc:
@@ -222,9 +238,11 @@ def extract_shard(video_dir: str | os.PathLike, clip_ids: list[str], out: str | 
             store.attrs["num_clips"] = len(clips)
             store.attrs["failures_manifest"] = os.path.relpath(failures_path, out.parent)
             store.attrs["complete"] = True
+        terminated.check()
         for path in [failures_path] + ([Path(failures_copy)] if failures_copy else []):
             write_failures(path, failures)
         too_many = len(failures) > options.max_failure_fraction * len(clip_ids)
+        terminated.check()
         if not too_many:
             os.replace(tmp, out)
             published = True
