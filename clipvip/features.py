@@ -30,7 +30,6 @@ import argparse
 import dataclasses
 import errno
 import os
-import signal
 import sys
 import time
 from collections import Counter
@@ -43,10 +42,10 @@ from tqdm import tqdm
 
 from clipvip.data.feature_store import FEATURE_FORMAT
 from clipvip.data.manifest import default_failures_path, log_first_failures, write_failures
-from clipvip.frames.extract import _check_clip_id, _in_main_thread, _raise_on_sigterm, read_id_list
+from clipvip.frames.extract import _check_clip_id, read_id_list
 from clipvip.registry import FEATURE_EXTRACTORS
-from clipvip.stage import (OptionError, is_disk_full, StageOptions, UserError, hide_progress, option, parse_options,
-                           resolve_device, stage_main)
+from clipvip.stage import (OptionError, SigtermGuard, StageOptions, UserError, hide_progress, is_disk_full, option,
+                           parse_options, resolve_device, stage_main)
 from clipvip.video_io import VideoError, decode_frames, resolve_video_path
 
 
@@ -200,7 +199,7 @@ def extract_features_shard(video_dir, clip_ids: list[str], out, options: Feature
     failures: list[tuple[str, str, str]] = []
     sources: Counter = Counter()
     published = False
-    previous_handler = signal.signal(signal.SIGTERM, _raise_on_sigterm) if _in_main_thread() else None
+    terminated = SigtermGuard.install()
     try:
         with h5py.File(tmp, "w", locking=False) as store:
             for key, value in asdict(options).items():
@@ -213,6 +212,7 @@ def extract_features_shard(video_dir, clip_ids: list[str], out, options: Feature
             clips = store.create_group("clips")
             for clip_id in tqdm(clip_ids, desc=f"features {out.name}", unit="video",
                                 disable=hide_progress(progress), mininterval=2.0):
+                terminated.check()
                 try:
                     feats, attrs = clip_features(extractor, clip_id, video_dir, options, frame_store)
                 except (VideoError, _TooShort) as exc:
@@ -225,8 +225,10 @@ def extract_features_shard(video_dir, clip_ids: list[str], out, options: Feature
             store.attrs["num_clips"] = len(clips)
             store.attrs["failures_manifest"] = os.path.relpath(failures_path, out.parent)
             store.attrs["complete"] = True
+        terminated.check()
         for path in [failures_path] + ([Path(failures_copy)] if failures_copy else []):
             write_failures(path, failures)
+        terminated.check()
         if not len(failures) > options.max_failure_fraction * len(clip_ids):
             os.replace(tmp, out)
             published = True
@@ -237,8 +239,7 @@ def extract_features_shard(video_dir, clip_ids: list[str], out, options: Feature
     finally:
         if not published:
             tmp.unlink(missing_ok=True)
-        if previous_handler is not None:
-            signal.signal(signal.SIGTERM, previous_handler)
+        terminated.restore()
         if frame_store is not None and not isinstance(frames, FrameStore):
             frame_store.close()
     return FeatureShardResult(len(clip_ids), len(clip_ids) - len(failures), failures, dict(sources),

@@ -234,6 +234,47 @@ def available_cpus() -> int:
 
 
 # ------------------------------------------------------------------------------------------- atomic writes
+class SigtermGuard:
+    """While installed, SIGTERM raises ``SystemExit(143)`` so a job's ``finally`` removes its temp output,
+    and the signal is remembered: an exception raised while h5py or decord is inside a C callback can be
+    printed as "Exception ignored" and lost, so a writer calls ``check()`` before each item and before it
+    publishes, and a terminated job never publishes. Off the main thread it installs nothing.
+
+        guard = SigtermGuard.install()
+        try: ...; guard.check(); os.replace(tmp, out)
+        finally: guard.restore()
+    """
+
+    def __init__(self):
+        self.signum: int | None = None
+        self._previous = None
+
+    @classmethod
+    def install(cls) -> "SigtermGuard":
+        import signal
+        import threading
+
+        guard = cls()
+        if threading.current_thread() is threading.main_thread():
+            guard._previous = signal.signal(signal.SIGTERM, guard)
+        return guard
+
+    def __call__(self, signum, frame):
+        self.signum = signum
+        raise SystemExit(128 + signum)
+
+    def check(self) -> None:
+        if self.signum is not None:
+            raise SystemExit(128 + self.signum)
+
+    def restore(self) -> None:
+        import signal
+
+        if self._previous is not None:
+            signal.signal(signal.SIGTERM, self._previous)
+            self._previous = None
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike, fsync: bool = False) -> Iterator[Path]:
     """Yield a temp path beside ``path``; on success it is renamed onto ``path``, on any failure removed.

@@ -36,7 +36,6 @@ from __future__ import annotations
 import argparse
 import errno
 import os
-import signal
 import sys
 import time
 from collections import Counter
@@ -49,7 +48,8 @@ import numpy as np
 import simplejpeg
 from tqdm import tqdm
 
-from clipvip.stage import StageOptions, UserError, hide_progress, is_disk_full, option, parse_options, stage_main
+from clipvip.stage import (SigtermGuard, StageOptions, UserError, hide_progress, is_disk_full, option, parse_options,
+                           stage_main)
 from clipvip.data.manifest import default_failures_path, log_first_failures, write_failures
 from clipvip.data.frame_store import STORE_FORMAT
 from clipvip.data.sampling import uniform_indices
@@ -177,24 +177,6 @@ def read_id_list(path: str | os.PathLike) -> list[str]:
         raise UserError(f"--ids: cannot read {path}: {exc.strerror or exc}") from None
 
 
-class _Terminated:
-    """SIGTERM handler: raises ``SystemExit`` (which runs the ``finally`` that removes the temp store) and
-    remembers the signal, because an exception raised while h5py or decord is inside a C callback can be
-    printed as "Exception ignored" and swallowed; the flag is checked again before each clip and before
-    the store is published, so a terminated job never publishes."""
-
-    def __init__(self):
-        self.signum: int | None = None
-
-    def __call__(self, signum, frame):
-        self.signum = signum
-        raise SystemExit(128 + signum)
-
-    def check(self) -> None:
-        if self.signum is not None:
-            raise SystemExit(128 + self.signum)
-
-
 def extract_shard(video_dir: str | os.PathLike, clip_ids: list[str], out: str | os.PathLike,
                   options: FrameOptions | dict | None = None, failures_path: str | os.PathLike | None = None,
                   progress: bool | None = None, failures_copy: str | os.PathLike | None = None) -> ShardResult:
@@ -213,8 +195,7 @@ def extract_shard(video_dir: str | os.PathLike, clip_ids: list[str], out: str | 
     failures: list[tuple[str, str, str]] = []
     decoders: Counter = Counter()
     published = False
-    terminated = _Terminated()
-    previous_handler = signal.signal(signal.SIGTERM, terminated) if _in_main_thread() else None
+    terminated = SigtermGuard.install()
     try:
         with h5py.File(tmp, "w", locking=False) as store:
             settings = asdict(options)
@@ -253,16 +234,9 @@ def extract_shard(video_dir: str | os.PathLike, clip_ids: list[str], out: str | 
     finally:
         if not published:
             tmp.unlink(missing_ok=True)
-        if previous_handler is not None:
-            signal.signal(signal.SIGTERM, previous_handler)
+        terminated.restore()
     return ShardResult(len(clip_ids), len(clip_ids) - len(failures), failures, dict(decoders),
                        out if published else None, failures_path)
-
-
-def _in_main_thread() -> bool:
-    import threading
-
-    return threading.current_thread() is threading.main_thread()
 
 
 @stage_main("frames")
