@@ -5,8 +5,8 @@ Usage:
     prune(ckpt_dir, keep=2, protect={best})    # rank 0, after a save
     export_model(ckpt_dir, tag, zero_stage, config, tokenizer, out / "model")   # rank 0
 
-Layout of ``--checkpoint-dir``: DeepSpeed's ``<tag>/`` folders + ``latest`` (written by DeepSpeed only after
-every rank finished saving, so a kill mid-save leaves the previous checkpoint as the one resumed), periodic
+Layout of ``--checkpoint-dir``: DeepSpeed's ``<tag>/`` folders + ``latest`` (written by us, not DeepSpeed, only
+after every rank finished saving, so a kill mid-save leaves the previous checkpoint as the one resumed), periodic
 tags ``global_step<N>``, the best-validation tag ``best_step<N>``, and ``status.json``
 (``{"status": "running"|"done"|"preempted"|"diverged"|"error", "step"[, "message"]}``) which the launching parent reads to map
 torchrun's generic failure to our exit code, ``metrics.jsonl`` (the master copy of the training log: Snakemake
@@ -85,6 +85,11 @@ def best_tag(step: int) -> str:
 def tag_step(tag: str) -> int:
     match = re.search(r"(\d+)$", tag)
     return int(match.group(1)) if match else -1
+
+
+def write_latest(ckpt_dir: Path, tag: str) -> None:
+    """Point ``latest`` at ``tag`` (rank 0, after every rank's save returned)."""
+    stage.write_text_atomic(Path(ckpt_dir) / "latest", tag)
 
 
 def latest_tag(ckpt_dir: Path) -> str | None:

@@ -297,8 +297,14 @@ class Trainer:
         return {"sampler": self.sampler.state_dict(), "trainer": dict(self.state)}
 
     def save(self, tag: str, latest: bool = True) -> None:
+        # DeepSpeed's rank 0 writes `latest` as soon as its own files are written, before the other ranks'
+        # ZeRO shards (only a barrier follows): a rank killed mid-save left `latest` naming a tag without
+        # that rank's shard, and the resume failed. `save_checkpoint` ends with that barrier, so `latest`
+        # written here names a tag every rank has finished.
         self.engine.save_checkpoint(str(self.ckpt_dir), tag=tag, client_state=self.client_state(),
-                                    save_latest=latest)
+                                    save_latest=False)
+        if latest and self.main:
+            ck.write_latest(self.ckpt_dir, tag)
         if self.main:
             ck.prune(self.ckpt_dir, self.opts.keep_checkpoints, protect={tag, self.state["best_tag"] or ""})
 
