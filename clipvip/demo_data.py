@@ -333,28 +333,57 @@ def still_caption(spec: dict, rng=None) -> str:
 # motion clause in the downstream captions' words with a random direction, so its text tower knows those words
 # (and learns that, in a still, they say nothing about the image) -- like OpenAI's CLIP, it is then order- and
 # direction-blind but not thrown by the vocabulary of video captions.
+MOTION_CLAUSES = ("random", "arrival")
 MOTION_VERBS = ("moves", "moving", "slides", "goes", "heads", "travels", "going")
 MOTION_LINKS = (", then", " and then", " before moving", ". then it goes", ". after that it heads",
                 ". next it moves", ". finally it")
 
 
-def motion_phrase(rng) -> str:
-    """A random 1-3 segment motion clause: ``"slides left and then upward"``."""
-    directions = [str(rng.choice(list(DIRECTIONS))) for _ in range(int(rng.integers(1, 4)))]
+def motion_phrase(rng, directions: list[str] | None = None) -> str:
+    """A motion clause, random 1-3 segments unless ``directions`` are given: ``"slides left and then upward"``."""
+    if directions is None:
+        directions = [str(rng.choice(list(DIRECTIONS))) for _ in range(int(rng.integers(1, 4)))]
     words = [ADVERB[d] for d in directions] if rng.random() < 0.3 else directions
     return f"{rng.choice(MOTION_VERBS)} {words[0]}" + "".join(f"{rng.choice(MOTION_LINKS)} {w}" for w in words[1:])
 
 
-def still_alt_text(spec: dict, rng, motion_share: float = 0.5) -> str:
+def _motion_lists(max_segments: int = 3) -> list[list[str]]:
+    """Every motion list a clip can have: 1 to ``max_segments`` segments, consecutive ones perpendicular."""
+    lists, frontier = [], [[d] for d in DIRECTIONS]
+    for _ in range(max_segments):
+        lists += frontier
+        frontier = [m + [d] for m in frontier for d in DIRECTIONS
+                    if (d in ("left", "right")) != (m[-1] in ("left", "right"))]
+    return lists
+
+
+def arrival_motions(spec: dict, rng) -> list[str] | None:
+    """A motion list (equal segments, as in the clips) that, started at the frame's centre, ends in the still's
+    cell: the still read as the last frame of that motion (``None`` for the centre cell, which no list ends in).
+    ``"moves right, then up"`` then goes with a shape in the top right, as a photo shows where a thing went."""
+    want = (spec["column"] - 1, spec["row"] - 1)  # sign of the net (dx, dy); y grows downward
+    fits = [m for m in _motion_lists()
+            if tuple(int(np.sign(sum(DIRECTIONS[d][axis] for d in m))) for axis in (0, 1)) == want]
+    return [str(d) for d in fits[int(rng.integers(len(fits)))]] if fits else None
+
+
+def still_alt_text(spec: dict, rng, motion_share: float = 0.5, clause: str = "random") -> str:
     """The tiny CLIP's pre-training text: ``still_caption``, or (``motion_share`` of the time) the same
-    description with a motion clause the still cannot show: ``"the small red square moves left, then up."``."""
+    description with a motion clause: ``"the small red square moves left, then up."``. ``clause``: ``random``
+    (a direction the still cannot show) or ``arrival`` (a motion that ends where the shape is,
+    ``arrival_motions``; the centre cell keeps the plain caption)."""
     if rng.random() >= motion_share:
+        return still_caption(spec, rng)
+    if clause not in MOTION_CLAUSES:
+        raise ValueError(f"motion clause {clause!r}; choose from {MOTION_CLAUSES}")
+    directions = arrival_motions(spec, rng) if clause == "arrival" else None
+    if clause == "arrival" and directions is None:
         return still_caption(spec, rng)
     what = f"{spec['size']} {spec['colour']} {spec['shape']}"
     article = "the" if rng.random() < 0.5 else "a"
-    templates = (f"{article} {what} {motion_phrase(rng)}.",
-                 f"{article} {spec['colour']} {spec['shape']} {motion_phrase(rng)} {still_position(spec)}",
-                 f"a photo of {article} {what} {motion_phrase(rng)}")
+    templates = (f"{article} {what} {motion_phrase(rng, directions)}.",
+                 f"{article} {spec['colour']} {spec['shape']} {motion_phrase(rng, directions)} {still_position(spec)}",
+                 f"a photo of {article} {what} {motion_phrase(rng, directions)}")
     return str(rng.choice(templates))
 
 

@@ -91,6 +91,11 @@ class TinyTrainOptions(StageOptions):
     clip_motion_text: float = option(0.5, "share of the CLIP's alt-texts with a motion clause the still cannot "
                                      "show (clipvip.demo_data.still_alt_text): its text tower knows the words of "
                                      "video captions, as OpenAI's CLIP does", minimum=0.0, maximum=1.0)
+    clip_position_pairs: float = option(0.0, "share of each CLIP batch that repeats another still in another "
+                                        "cell: negatives only the position separates", minimum=0.0, maximum=0.5)
+    clip_motion_clause: str = option("random", "direction of those clauses: random (the still cannot show it) | "
+                                     "arrival (a motion ending where the shape is; clipvip.demo_data."
+                                     "arrival_motions)", choices=("random", "arrival"))
     captioner_steps: int = option(0, "captioning steps of the tiny captioner (0 = leave it random)", minimum=0)
     captioner_batch_size: int = option(64, "images per captioner step", minimum=1)
     captioner_lr: float = option(2e-3, "AdamW peak lr of the captioner", minimum=0.0)
@@ -233,13 +238,20 @@ def _optimizer(model, lr: float, weight_decay: float, steps: int, warmup_ratio: 
     return opt, sched
 
 
-def _still_batch(rng, count: int, frame_size: int):
-    """``(specs, uint8 images [count, size, size, 3])`` of a fresh random still-image batch."""
+def _still_batch(rng, count: int, frame_size: int, position_share: float = 0.0):
+    """``(specs, uint8 images [count, size, size, 3])`` of a fresh random still-image batch; ``position_share``
+    of it repeats other stills of the batch in another cell (negatives that only the position separates)."""
     import numpy as np
 
     from clipvip.demo_data import render_still, still_specs
 
-    specs = still_specs(rng, count)
+    moved = min(int(round(position_share * count)), count // 2)
+    specs = still_specs(rng, count - moved)
+    for original in specs[:moved]:
+        cells = [(r, c) for r in range(3) for c in range(3) if (r, c) != (original["row"], original["column"])]
+        row, column = cells[int(rng.integers(len(cells)))]
+        specs.append({**original, "row": row, "column": column,
+                      "jitter": [float(v) for v in rng.uniform(-0.5, 0.5, 2)]})
     return specs, np.stack([render_still(s, frame_size) for s in specs])
 
 
@@ -267,8 +279,8 @@ def pretrain_tiny_clip(model_dir, options: dict | TinyTrainOptions) -> list[floa
     losses = []
     model.train()
     for step in range(o.clip_steps):
-        specs, images = _still_batch(rng, o.clip_batch_size, o.frame_size)
-        texts = [still_alt_text(s, rng, o.clip_motion_text) for s in specs]
+        specs, images = _still_batch(rng, o.clip_batch_size, o.frame_size, o.clip_position_pairs)
+        texts = [still_alt_text(s, rng, o.clip_motion_text, o.clip_motion_clause) for s in specs]
         pixels = normalize_pixels(torch.from_numpy(images).permute(0, 3, 1, 2).contiguous())
         if pixels.shape[-1] != size:
             pixels = F.interpolate(pixels, size=(size, size), mode="bicubic", align_corners=False)

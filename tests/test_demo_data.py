@@ -196,6 +196,49 @@ def test_clip_alt_texts_carry_motion_words_at_the_given_share():
     assert downstream - vocabulary <= {"first"}, downstream - vocabulary
 
 
+def test_arrival_clauses_name_a_motion_that_ends_in_the_stills_cell():
+    from clipvip.demo_data import DIRECTIONS, arrival_motions
+
+    rng = np.random.default_rng(4)
+    for row in range(3):
+        for column in range(3):
+            spec = {"row": row, "column": column, "size": "small", "colour": "red", "shape": "square"}
+            lists = [arrival_motions(spec, rng) for _ in range(60)]
+            if (row, column) == (1, 1):  # no perpendicular motion from the centre ends in the centre
+                assert lists == [None] * 60
+                assert still_alt_text(spec, rng, 1.0, "arrival") in _templates(spec)
+                continue
+            assert len({tuple(m) for m in lists}) > 1  # several motions end in each other cell
+            for motions in lists:
+                assert 1 <= len(motions) <= 3
+                assert all((a in ("left", "right")) != (b in ("left", "right")) for a, b in zip(motions, motions[1:]))
+                net = np.sum([DIRECTIONS[d] for d in motions], axis=0)
+                assert tuple(np.sign(net)) == (column - 1, row - 1), (spec, motions)
+    # the clause's words are the motion's, in order ("moves right, then up" for a top-right still)
+    spec = {"row": 0, "column": 2, "size": "small", "colour": "red", "shape": "square"}
+    rng_a, rng_b = np.random.default_rng(5), np.random.default_rng(5)
+    text, motions = still_alt_text(spec, rng_a, 1.0, "arrival"), None
+    rng_b.random()
+    motions = arrival_motions(spec, rng_b)
+    words = re.findall(r"\b(left|right|up|down|upward|downward)\b", text.split(" in the top right")[0])
+    assert [{"upward": "up", "downward": "down"}.get(w, w) for w in words] == motions, (text, motions)
+    with pytest.raises(ValueError, match="motion clause 'sideways'"):
+        still_alt_text(spec, np.random.default_rng(0), 1.0, "sideways")
+
+
+def test_position_pairs_repeat_a_still_in_another_cell():
+    from clipvip.tiny_models import _still_batch
+
+    specs, images = _still_batch(np.random.default_rng(6), 16, 64, position_share=0.5)
+    assert images.shape == (16, 64, 64, 3) and len(specs) == 16
+    for original, moved in zip(specs[:8], specs[8:]):
+        assert {k: moved[k] for k in ("colour", "shape", "size", "background")} == \
+            {k: original[k] for k in ("colour", "shape", "size", "background")}
+        assert (moved["row"], moved["column"]) != (original["row"], original["column"])
+    plain, _ = _still_batch(np.random.default_rng(6), 16, 64)
+    assert plain == still_specs(np.random.default_rng(6), 16)  # share 0: the plain random batch
+
+
 def _templates(spec: dict) -> set[str]:
     return {still_caption(spec, _Fixed(i)) for i in range(4)}
 
