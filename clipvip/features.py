@@ -41,8 +41,8 @@ import numpy as np
 from tqdm import tqdm
 
 from clipvip.data.feature_store import FEATURE_FORMAT
-from clipvip.data.manifest import default_failures_path, log_first_failures, write_failures
-from clipvip.frames.extract import _check_clip_id, read_id_list
+from clipvip.data.manifest import default_failures_path, log_first_failures
+from clipvip.frames.extract import _check_clip_id, publish_shard, read_id_list
 from clipvip.registry import FEATURE_EXTRACTORS
 from clipvip.stage import (OptionError, SigtermGuard, StageOptions, UserError, hide_progress, is_disk_full, option,
                            parse_options, resolve_device, stage_main)
@@ -225,13 +225,8 @@ def extract_features_shard(video_dir, clip_ids: list[str], out, options: Feature
             store.attrs["num_clips"] = len(clips)
             store.attrs["failures_manifest"] = os.path.relpath(failures_path, out.parent)
             store.attrs["complete"] = True
-        terminated.check()
-        for path in [failures_path] + ([Path(failures_copy)] if failures_copy else []):
-            write_failures(path, failures)
-        terminated.check()
-        if not len(failures) > options.max_failure_fraction * len(clip_ids):
-            os.replace(tmp, out)
-            published = True
+        published = publish_shard(tmp, out, failures, [failures_path, failures_copy], terminated,
+                                  len(failures) > options.max_failure_fraction * len(clip_ids))
     except OSError as exc:
         if is_disk_full(exc) and not exc.filename:
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(out)) from exc

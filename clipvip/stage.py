@@ -35,7 +35,9 @@ import errno
 import functools
 import json
 import os
+import signal
 import sys
+import threading
 import types
 import typing
 from pathlib import Path
@@ -251,9 +253,6 @@ class SigtermGuard:
 
     @classmethod
     def install(cls) -> "SigtermGuard":
-        import signal
-        import threading
-
         guard = cls()
         if threading.current_thread() is threading.main_thread():
             guard._previous = signal.signal(signal.SIGTERM, guard)
@@ -268,8 +267,6 @@ class SigtermGuard:
             raise SystemExit(128 + self.signum)
 
     def restore(self) -> None:
-        import signal
-
         if self._previous is not None:
             signal.signal(signal.SIGTERM, self._previous)
             self._previous = None

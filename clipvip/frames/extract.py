@@ -177,6 +177,22 @@ def read_id_list(path: str | os.PathLike) -> list[str]:
         raise UserError(f"--ids: cannot read {path}: {exc.strerror or exc}") from None
 
 
+def publish_shard(tmp: Path, out: Path, failures: list, manifests: list, terminated: SigtermGuard,
+                  too_many: bool) -> bool:
+    """A shard writer's last step: the failure manifest(s) (``None`` entries skipped), then, unless too many
+    clips failed, ``tmp`` renamed to ``out``; a SIGTERM seen on the way (``terminated``) stops it before either.
+    Returns whether ``out`` was published."""
+    terminated.check()
+    for path in manifests:
+        if path:
+            write_failures(Path(path), failures)
+    terminated.check()
+    if too_many:
+        return False
+    os.replace(tmp, out)
+    return True
+
+
 def extract_shard(video_dir: str | os.PathLike, clip_ids: list[str], out: str | os.PathLike,
                   options: FrameOptions | dict | None = None, failures_path: str | os.PathLike | None = None,
                   progress: bool | None = None, failures_copy: str | os.PathLike | None = None) -> ShardResult:
@@ -219,14 +235,8 @@ def extract_shard(video_dir: str | os.PathLike, clip_ids: list[str], out: str | 
             store.attrs["num_clips"] = len(clips)
             store.attrs["failures_manifest"] = os.path.relpath(failures_path, out.parent)
             store.attrs["complete"] = True
-        terminated.check()
-        for path in [failures_path] + ([Path(failures_copy)] if failures_copy else []):
-            write_failures(path, failures)
-        too_many = len(failures) > options.max_failure_fraction * len(clip_ids)
-        terminated.check()
-        if not too_many:
-            os.replace(tmp, out)
-            published = True
+        published = publish_shard(tmp, out, failures, [failures_path, failures_copy], terminated,
+                                  len(failures) > options.max_failure_fraction * len(clip_ids))
     except OSError as exc:
         if is_disk_full(exc) and not exc.filename:  # h5py: "file write failed: ... errno = 28" and no file name
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(out)) from exc

@@ -12,7 +12,7 @@ from clipvip.config import (
     variants,
 )
 from clipvip.frames import read_clip_ids, shard_count
-from clipvip.tiny_models import part_options as tiny_part_options
+from clipvip.tiny_models import PARTS as TINY_PARTS, part_options as tiny_part_options
 
 
 # Jobs re-read the workflow: the main process has checked everything before submitting any (see validate_config).
@@ -95,7 +95,7 @@ def local_model_input(path):
     """A model given as a folder the workflow builds (or that exists) is an input; a hub name is not."""
     if DEMO["enabled"] and path.startswith(PRETRAINED_DIR):
         part = os.path.relpath(path, PRETRAINED_DIR).split(os.sep)[0]  # clip or captioner (rule tiny_models)
-        parts = [part] if part in ("clip", "captioner") else ["clip", "captioner"]
+        parts = [part] if part in TINY_PARTS else TINY_PARTS
         return [f"{PRETRAINED_DIR}/DONE_{p}.json" for p in parts]
     return [path] if os.path.exists(path) else []
 

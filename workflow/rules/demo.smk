@@ -28,7 +28,7 @@ if DEMO["enabled"]:
         output:
             done=f"{PRETRAINED_DIR}/DONE_{{part}}.json",
         wildcard_constraints:
-            part="clip|captioner",
+            part="|".join(TINY_PARTS),
         params:
             options=lambda wc: as_json(tiny_part_options(DEMO["tiny_models"], wc.part)),
             out=lambda wc, output: os.path.dirname(output.done),
