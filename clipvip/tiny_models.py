@@ -49,6 +49,9 @@ from clipvip.stage import (OptionError, StageOptions, UserError, atomic_path, op
                            stage_main, write_json_atomic)
 
 
+POSITION_INITS = ("random", "sincos")  # the tiny CLIP's vision position embeddings at init (clipvip.model.tiny)
+
+
 @dataclass
 class TinyClipOptions(StageOptions):
     STAGE = "tiny-models"
@@ -61,7 +64,17 @@ class TinyClipOptions(StageOptions):
     text_layers: int = option(2, "text layers", minimum=1)
     projection_dim: int = option(64, "joint embedding size", minimum=8)
     max_position_embeddings: int = option(77, "text positions", minimum=8)
+    position_init: str = option("random", "vision position embeddings at init: random (N(0, 0.02), HF's) | sincos "
+                                "(MAE's 2D sine-cosine table, still learnt; clipvip.model.tiny)",
+                                choices=POSITION_INITS)
+    position_scale: float = option(2.0, "per-channel amplitude of the sincos table (patch tokens are ~1.6)",
+                                   minimum=0.0)
     seed: int = option(0, "init seed")
+
+    def check(self, where: str) -> None:
+        if self.position_init == "sincos" and self.hidden_size % 4:
+            raise OptionError(f"{where}.hidden_size", f"{self.hidden_size} is not a multiple of 4 (sincos "
+                              "position embeddings split it into column and row sines and cosines)")
 
 
 @dataclass

@@ -408,3 +408,42 @@ def test_convert_official_cli_writes_a_loadable_folder(clip_dir, tmp_path):
     with torch.no_grad():
         assert torch.allclose(converted.encode_video(x), source.encode_video(x), atol=5e-3)
     assert (tmp_path / "converted" / "tokenizer.json").exists()
+
+
+# ------------------------------------------------------------------------------ tiny CLIP position init
+def test_sincos_position_init_is_mae_table_and_only_touches_vision_positions(tmp_path):
+    from clipvip.model.tiny import sincos_position_table
+
+    grid, dim, scale, base = 2, 8, 2.0, 100.0
+    # Written out per element: channel c < dim/2 encodes the column, the rest the row; sines then cosines.
+    expected = torch.zeros(grid * grid, dim)
+    for patch in range(grid * grid):
+        row, col = divmod(patch, grid)
+        for c in range(dim):
+            pos = col if c < dim // 2 else row
+            k = c % (dim // 4)
+            trig = math.sin if (c % (dim // 2)) < dim // 4 else math.cos
+            expected[patch, c] = scale * trig(pos / base ** (k / (dim // 4)))
+    torch.testing.assert_close(sincos_position_table(grid, dim, scale, base), expected)
+    with pytest.raises(ValueError, match="divisible by 4"):
+        sincos_position_table(grid, 30)
+
+    kw = dict(image_size=IMG, patch_size=PATCH, hidden_size=32, text_hidden=32, projection_dim=24, seed=3)
+    plain = CLIPModel.from_pretrained(build_tiny_clip(tmp_path / "plain", **kw)).state_dict()
+    sincos = CLIPModel.from_pretrained(build_tiny_clip(tmp_path / "sincos", position_init="sincos",
+                                                       position_scale=1.5, **kw)).state_dict()
+    key = "vision_model.embeddings.position_embedding.weight"
+    assert torch.equal(sincos[key][0], torch.zeros(32))  # the class token has no grid position
+    torch.testing.assert_close(sincos[key][1:], sincos_position_table(IMG // PATCH, 32, 1.5))
+    assert all(torch.equal(plain[k], sincos[k]) for k in plain if k != key)  # same seed, same other weights
+    with pytest.raises(ValueError, match="position_init 'learned'"):
+        build_tiny_clip(tmp_path / "bad", position_init="learned", **kw)
+
+
+def test_tiny_clip_options_refuse_a_sincos_width_not_divisible_by_4():
+    from clipvip.stage import OptionError
+    from clipvip.tiny_models import TinyClipOptions
+
+    with pytest.raises(OptionError, match=r"clip\.hidden_size.*not a multiple of 4"):
+        TinyClipOptions.from_dict({"hidden_size": 30, "position_init": "sincos"}, "clip")
+    assert TinyClipOptions.from_dict({"hidden_size": 30}, "clip").position_init == "random"
