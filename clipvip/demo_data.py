@@ -64,12 +64,18 @@ import numpy as np
 from clipvip.stage import OptionError, StageOptions, option, parse_options, stage_main, write_json_atomic
 
 COLOURS = {"red": (220, 40, 40), "green": (40, 180, 60), "blue": (50, 90, 235), "yellow": (235, 215, 40),
-           "purple": (150, 60, 200), "orange": (245, 140, 30), "white": (240, 240, 240)}
+           "purple": (150, 60, 200), "orange": (245, 140, 30), "white": (240, 240, 240), "cyan": (40, 210, 220),
+           "pink": (245, 120, 190), "brown": (140, 85, 40), "grey": (150, 150, 150), "lime": (160, 230, 50)}
 BACKGROUNDS = ((15, 15, 15), (45, 45, 45), (75, 75, 75))
-SHAPES = ("square", "circle", "triangle", "diamond")
+# Shapes a 2-layer ViT with 16-pixel patches tells apart within a few hundred steps: they differ in extent and
+# in which pixels of a patch they fill. (Square, circle, triangle and diamond of the same size did not: the
+# tiny CLIP named them at 28-38 % in the clips, chance 25 %; these reach 73-82 %, docs/demo.md.)
+SHAPES = ("square", "bar", "pillar", "ring")
 DIRECTIONS = {"right": (1, 0), "left": (-1, 0), "up": (0, -1), "down": (0, 1)}  # (dx, dy), y grows downward
 OPPOSITE = {"right": "left", "left": "right", "up": "down", "down": "up"}
-DIAMOND_SCALE = 1.25  # a diamond's corners reach 1.25 half-sizes so it looks as big as the square
+REACH_SCALE = 1.25  # the farthest any shape reaches from its centre, in half-sizes (a bar's end, a ring's rim)
+THIN_SCALE = 0.45  # half-thickness of a bar or pillar, in half-sizes
+RING_HOLE = 0.55  # inner radius of a ring, as a share of its outer radius
 ADVERB = {"right": "to the right", "left": "to the left", "up": "upward", "down": "downward"}
 
 # dataset name -> (clip id prefix, options field holding its per-split counts)
@@ -220,7 +226,7 @@ def _random_forward_spec(rng, options: DemoOptions, clip_id: str, split: str) ->
         horizontal = motions[-1] in ("left", "right")
         motions.append(str(rng.choice(["up", "down"] if horizontal else ["left", "right"])))
     unit_path = _path(motions, options.num_frames, step=1.0, start=(0.0, 0.0))
-    reach = int(np.ceil(options.frame_size // 8 * DIAMOND_SCALE))  # farthest shape pixel from the centre
+    reach = int(np.ceil(options.frame_size // 8 * REACH_SCALE))  # farthest shape pixel from the centre
     room = options.frame_size - 2 * reach - 4  # centre range keeping every shape 2 px inside the frame
     extent = unit_path.max(0) - unit_path.min(0)
     step = float(min(options.frame_size / 16, room / max(extent.max(), 1)))
@@ -251,14 +257,7 @@ def render_clip(spec: ClipSpec, options: dict | DemoOptions | None) -> np.ndarra
     ys, xs = np.mgrid[0:size, 0:size].astype(np.float32) + 0.5
     dx = xs[None] - centres[:, 0, None, None]
     dy = ys[None] - centres[:, 1, None, None]
-    if spec.shape == "square":
-        mask = (np.abs(dx) <= half) & (np.abs(dy) <= half)
-    elif spec.shape == "circle":
-        mask = dx ** 2 + dy ** 2 <= half ** 2
-    elif spec.shape == "diamond":
-        mask = np.abs(dx) + np.abs(dy) <= half * DIAMOND_SCALE
-    else:  # triangle pointing up: half-width grows from 0 at the top to `half` at the bottom
-        mask = (np.abs(dy) <= half) & (np.abs(dx) <= (dy + half) / 2)
+    mask = shape_mask(spec.shape, dx, dy, half)
     frames = np.empty((options.num_frames, size, size, 3), np.uint8)
     frames[:] = spec.background
     frames[mask] = COLOURS[spec.colour]
@@ -267,13 +266,17 @@ def render_clip(spec: ClipSpec, options: dict | DemoOptions | None) -> np.ndarra
 
 def shape_mask(shape: str, dx: np.ndarray, dy: np.ndarray, half: float) -> np.ndarray:
     """Pixels of ``shape`` (half-size ``half``) at offsets ``dx, dy`` from its centre (as ``render_clip``)."""
+    reach = half * REACH_SCALE
     if shape == "square":
         return (np.abs(dx) <= half) & (np.abs(dy) <= half)
-    if shape == "circle":
-        return dx ** 2 + dy ** 2 <= half ** 2
-    if shape == "diamond":
-        return np.abs(dx) + np.abs(dy) <= half * DIAMOND_SCALE
-    return (np.abs(dy) <= half) & (np.abs(dx) <= (dy + half) / 2)
+    if shape == "bar":  # lying: wide and thin
+        return (np.abs(dx) <= reach) & (np.abs(dy) <= half * THIN_SCALE)
+    if shape == "pillar":  # standing: thin and tall
+        return (np.abs(dx) <= half * THIN_SCALE) & (np.abs(dy) <= reach)
+    if shape == "ring":
+        squared = dx ** 2 + dy ** 2
+        return (squared <= reach ** 2) & (squared >= (RING_HOLE * reach) ** 2)
+    raise ValueError(f"unknown shape {shape!r}; choose from {SHAPES}")
 
 
 # ----------------------------------------------------------------------------------------------- still images
@@ -298,7 +301,7 @@ def still_specs(rng, count: int) -> list[dict]:
 def render_still(spec: dict, frame_size: int = 64) -> np.ndarray:
     """uint8 [size, size, 3]: the shape of ``spec`` in its cell of a 3x3 grid (same drawing as the videos)."""
     half = frame_size // 8 * SIZES[spec["size"]]
-    reach = half * DIAMOND_SCALE
+    reach = half * REACH_SCALE
     cell = (frame_size - 2 * reach - 4) / 3
     cx = 2 + reach + cell * (spec["column"] + 0.5 + 0.8 * spec["jitter"][0])
     cy = 2 + reach + cell * (spec["row"] + 0.5 + 0.8 * spec["jitter"][1])
@@ -432,8 +435,10 @@ UNRELATED = ("today", "we're", "gonna", "look", "at", "this", "recipe", "thanks"
 # makes (the wrong colour or shape named): ASR subtitles are only partly about what is on screen.
 MISHEARD = {"red": ("read", "bread"), "blue": ("blew", "glue"), "green": ("greet", "queen"),
             "yellow": ("hello", "fellow"), "purple": ("people", "pebble"), "orange": ("arrange", "storage"),
-            "white": ("right", "wide"), "square": ("scare", "where"), "circle": ("circus", "surgical"),
-            "triangle": ("try angle", "tangle"), "diamond": ("diamonds", "dime and"),
+            "white": ("right", "wide"), "cyan": ("sign", "science"), "pink": ("think", "pin"),
+            "brown": ("round", "brow"), "grey": ("great", "gray"), "lime": ("line", "time"),
+            "square": ("scare", "where"), "bar": ("car", "far"), "pillar": ("pillow", "killer"),
+            "ring": ("bring", "wing"),
             "right": ("write", "bright"), "left": ("lift", "laughed"), "up": ("op", "cup"), "down": ("town", "done")}
 
 
@@ -562,7 +567,7 @@ def _action_spec(rng, options: DemoOptions, clip_id: str, split: str, motions: l
     shape = str(rng.choice(SHAPES))
     background = BACKGROUNDS[int(rng.integers(len(BACKGROUNDS)))]
     unit_path = _path(motions, options.num_frames, step=1.0, start=(0.0, 0.0))
-    reach = int(np.ceil(options.frame_size // 8 * DIAMOND_SCALE))
+    reach = int(np.ceil(options.frame_size // 8 * REACH_SCALE))
     room = options.frame_size - 2 * reach - 4
     extent = unit_path.max(0) - unit_path.min(0)
     step = float(min(options.frame_size / 16, room / max(extent.max(), 1)))

@@ -35,6 +35,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from clipvip.metrics import TIE_RULES
 from clipvip.registry import VIDEO_ENCODERS
 from clipvip.stage import (StageOptions, UserError, available_cpus, option, parse_options, resolve_device,
                            stage_main, write_json_atomic)
@@ -56,6 +57,9 @@ class EvaluateOptions(StageOptions):
                              "frames reversed (ties 1/2; order-blind = 50)? One more video pass")
     v2t_dsl: str = option("transpose", "v2t DSL rule: transpose (softmax over videos) | clipvip (official)",
                           choices=("transpose", "clipvip"))
+    ties: str = option("expected", "rank of a ground truth tied (within 1e-6) with other items: expected (random "
+                       "tie-breaking, in expectation: a constant matrix scores chance) | pessimistic (ties rank "
+                       "above it) | optimistic (the official code's)", choices=TIE_RULES)
     num_workers: int | None = option(None, "frame-loading processes; None = CPUs of the job - 1 (max 8) on "
                                      "GPU, 0 on CPU", minimum=0)
     image_size: int | None = option(None, "crop size; None = the model's vision_config.image_size", minimum=16)
@@ -152,7 +156,7 @@ def run(model_dir: str, frames_index: str, annotations: str, out: str, row: dict
             raise UserError(f"none of the {len(anns)} {split} clips of {annotations} has features in {frames_index}")
         result = evaluate_videoclip_folder(model_dir, features, anns, batch_size=opts.batch_size,
                                            device=opts.device, dsl=opts.dsl, v2t_dsl=opts.v2t_dsl,
-                                           max_text_len=opts.max_text_len, order_acc=opts.order_acc)
+                                           ties=opts.ties, max_text_len=opts.max_text_len, order_acc=opts.order_acc)
         data = {**row, "row_keys": list(row), **result, "complete": not result["missing_ids"],
                 "max_missing_fraction": limit, "model": str(model_dir), "options": opts.to_dict(),
                 "seconds": round(time.perf_counter() - started, 3)}
@@ -167,7 +171,7 @@ def run(model_dir: str, frames_index: str, annotations: str, out: str, row: dict
     result = evaluate_model(
         model, load_tokenizer(model_dir), index, anns,
         num_frames=opts.num_frames, max_text_len=opts.max_text_len, batch_size=opts.batch_size, device=device,
-        image_size=opts.image_size, dsl=opts.dsl, v2t_dsl=opts.v2t_dsl, order_acc=opts.order_acc,
+        image_size=opts.image_size, dsl=opts.dsl, v2t_dsl=opts.v2t_dsl, order_acc=opts.order_acc, ties=opts.ties,
         num_workers=loader_workers(opts.num_workers, device),
     )
     data = {**row, "row_keys": list(row), **result, "complete": not result["missing_ids"],

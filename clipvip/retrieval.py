@@ -8,7 +8,7 @@ Usage (the ``clipvip evaluate`` stage and the trainer's validation both call thi
 
 Every annotated clip's uniform frames (``FinetuneDataset`` in eval mode) and every text are encoded
 (L2-normalised), ``sim = texts x videos``, and ``clipvip.metrics.all_metrics`` gives t2v / v2t with and
-without DSL (definitions, incl. pessimistic ties and multi-caption v2t, in ``clipvip.metrics``). Every
+without DSL (definitions, incl. the tie rules ``ties`` and multi-caption v2t, in ``clipvip.metrics``). Every
 text of a clip is a query (``text_mode: sample``); paragraph sets use ``text_mode: join``. Clips missing
 from the frame store are skipped and counted in ``missing_clips`` (their ids in ``missing_ids``).
 
@@ -65,7 +65,7 @@ def encode_texts(model, tokenizer, texts: list[str], max_text_len: int, batch_si
 def evaluate_model(model, tokenizer, frame_index, annotations: list[dict], num_frames: int, max_text_len: int,
                    batch_size: int = 16, device: str = "cpu", image_size: int | None = None, dsl: bool = True,
                    v2t_dsl: str = "transpose", num_workers: int = 0, progress: bool | None = None,
-                   order_acc: bool = False) -> dict:
+                   order_acc: bool = False, ties: str = "expected") -> dict:
     """Retrieval metrics of ``model`` on ``annotations`` (``[{"clip_id", "texts": [...]}]``).
 
     Returns ``{"t2v", "v2t", ["t2v_dsl", "v2t_dsl"], ["order_acc"], "num_queries", "num_videos", "missing_clips",
@@ -96,9 +96,9 @@ def evaluate_model(model, tokenizer, frame_index, annotations: list[dict], num_f
     text_feats = torch.nn.functional.normalize(text_feats.double(), dim=-1).numpy()
     sim = text_feats @ videos.T
     if dsl:
-        result = all_metrics(sim, text_to_video, v2t_dsl=v2t_dsl)
+        result = all_metrics(sim, text_to_video, v2t_dsl=v2t_dsl, ties=ties)
     else:
-        result = {"t2v": t2v_metrics(sim, text_to_video), "v2t": v2t_metrics(sim, text_to_video)}
+        result = {"t2v": t2v_metrics(sim, text_to_video, ties), "v2t": v2t_metrics(sim, text_to_video, ties)}
     if order_acc:
         backwards = torch.nn.functional.normalize(backwards.double(), dim=-1).numpy()
         rows = torch.arange(len(texts)).numpy()

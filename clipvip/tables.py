@@ -74,6 +74,10 @@ class TablesOptions(StageOptions):
 
 
 # ----------------------------------------------------------------------------------------------- tables
+TIE_WORDS = {"expected": "as random tie-breaking would, in expectation", "pessimistic": "pessimistically",
+             "optimistic": "optimistically (as the official code)"}
+
+
 def load_metrics(paths: list[str | Path]) -> tuple[pd.DataFrame, list[str]]:
     """Tidy frame (one row per JSON; metric columns ``<dir>_<metric>``) and the row-identity column names.
 
@@ -90,6 +94,8 @@ def load_metrics(paths: list[str | Path]) -> tuple[pd.DataFrame, list[str]]:
             missing = record.get("missing_clips")
             record["complete"] = None if missing is None else not missing
         record.setdefault(ORDER_KEY, float("nan"))
+        # the tie rule the numbers were ranked with (evaluations older than the option ranked pessimistically)
+        record["ties"] = data.get("options", {}).get("ties", "pessimistic")
         record.setdefault("dataset", Path(path).parent.name)
         record.setdefault("split", Path(path).stem)
         for direction in DIRECTIONS:
@@ -226,8 +232,9 @@ def write_tables(frame: pd.DataFrame, row_keys: list[str], out_dir: Path, decima
             flat[f"{dataset} {label}"] = counts[(dataset, label)].values
     flat.reset_index().to_csv(out_dir / "retrieval.csv", index=False)
     frame.to_csv(out_dir / "retrieval_long.csv", index=False)
+    rules = sorted(frame["ties"].dropna().unique()) if "ties" in frame else ["pessimistic"]
     note = ("R@K in percent (higher is better); MdR/MnR are 1-based median/mean ranks (lower is better); "
-            "ties are ranked pessimistically. t2v = text-to-video, v2t = video-to-text. order_acc: % of "
+            f"ties with the ground truth are ranked {' / '.join(TIE_WORDS.get(r, r) for r in rules)}. t2v = text-to-video, v2t = video-to-text. order_acc: % of "
             "captions whose video scores above the same frames reversed (ties count 1/2; 50 = order-blind).\n")
     for name, directions, title in (
         ("retrieval.md", ("t2v", "v2t"), "Retrieval results"),

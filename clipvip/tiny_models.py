@@ -106,6 +106,8 @@ class TinyTrainOptions(StageOptions):
                                      "video captions, as OpenAI's CLIP does", minimum=0.0, maximum=1.0)
     clip_position_pairs: float = option(0.0, "share of each CLIP batch that repeats another still in another "
                                         "cell: negatives only the position separates", minimum=0.0, maximum=0.5)
+    clip_shape_pairs: float = option(0.0, "share of each CLIP batch that repeats another still with another "
+                                     "shape: negatives only the shape separates", minimum=0.0, maximum=0.5)
     clip_motion_clause: str = option("random", "direction of those clauses: random (the still cannot show it) | "
                                      "arrival (a motion ending where the shape is; clipvip.demo_data."
                                      "arrival_motions)", choices=("random", "arrival"))
@@ -118,6 +120,12 @@ class TinyTrainOptions(StageOptions):
     max_text_len: int = option(32, "text tokens of the CLIP's captions", minimum=8, maximum=77)
     threads: int | None = option(None, "torch CPU threads; None = torch's default", minimum=1)
     seed: int = option(0, "image corpus and training seed")
+
+    def check(self, where: str) -> None:
+        if self.clip_position_pairs + self.clip_shape_pairs > 0.5:
+            raise OptionError(f"{where}.clip_shape_pairs", f"clip_position_pairs {self.clip_position_pairs} + "
+                              f"clip_shape_pairs {self.clip_shape_pairs} > 0.5: every repeated still needs its own "
+                              "original in the batch")
 
 
 @dataclass
@@ -251,20 +259,26 @@ def _optimizer(model, lr: float, weight_decay: float, steps: int, warmup_ratio: 
     return opt, sched
 
 
-def _still_batch(rng, count: int, frame_size: int, position_share: float = 0.0):
+def _still_batch(rng, count: int, frame_size: int, position_share: float = 0.0, shape_share: float = 0.0):
     """``(specs, uint8 images [count, size, size, 3])`` of a fresh random still-image batch; ``position_share``
-    of it repeats other stills of the batch in another cell (negatives that only the position separates)."""
+    of it repeats other stills of the batch in another cell (negatives that only the position separates),
+    ``shape_share`` repeats others with another shape, at the same spot (negatives only the shape separates)."""
     import numpy as np
 
-    from clipvip.demo_data import render_still, still_specs
+    from clipvip.demo_data import SHAPES, render_still, still_specs
 
-    moved = min(int(round(position_share * count)), count // 2)
-    specs = still_specs(rng, count - moved)
+    moved, reshaped = int(round(position_share * count)), int(round(shape_share * count))
+    if 2 * (moved + reshaped) > count:
+        raise ValueError(f"position share {position_share} + shape share {shape_share} > 0.5: every repeated "
+                         "still needs its own original in the batch")
+    specs = still_specs(rng, count - moved - reshaped)
     for original in specs[:moved]:
         cells = [(r, c) for r in range(3) for c in range(3) if (r, c) != (original["row"], original["column"])]
         row, column = cells[int(rng.integers(len(cells)))]
         specs.append({**original, "row": row, "column": column,
                       "jitter": [float(v) for v in rng.uniform(-0.5, 0.5, 2)]})
+    for original in specs[moved:moved + reshaped]:
+        specs.append({**original, "shape": str(rng.choice([x for x in SHAPES if x != original["shape"]]))})
     return specs, np.stack([render_still(s, frame_size) for s in specs])
 
 
@@ -292,7 +306,8 @@ def pretrain_tiny_clip(model_dir, options: dict | TinyTrainOptions) -> list[floa
     losses = []
     model.train()
     for step in range(o.clip_steps):
-        specs, images = _still_batch(rng, o.clip_batch_size, o.frame_size, o.clip_position_pairs)
+        specs, images = _still_batch(rng, o.clip_batch_size, o.frame_size, o.clip_position_pairs,
+                                     o.clip_shape_pairs)
         texts = [still_alt_text(s, rng, o.clip_motion_text, o.clip_motion_clause) for s in specs]
         pixels = normalize_pixels(torch.from_numpy(images).permute(0, 3, 1, 2).contiguous())
         if pixels.shape[-1] != size:

@@ -153,7 +153,7 @@ def _texts(record: dict) -> list[str]:
 def evaluate_videoclip(model, tokenizer, feature_index, annotations: list[dict], batch_size: int = 64,
                        device: str = "cpu", max_video_len: int | None = None,
                        max_text_len: int | None = DEFAULT_MAX_TEXT_LEN, dsl: bool = True, v2t_dsl: str = "transpose",
-                       progress: bool | None = None, order_acc: bool = False) -> dict:
+                       ties: str = "expected", progress: bool | None = None, order_acc: bool = False) -> dict:
     """Retrieval metrics (module docstring); ``ValueError`` when no annotated clip has features."""
     device = resolve_device(str(device))
     max_video_len = int(max_video_len or model.max_video_len)
@@ -191,9 +191,9 @@ def evaluate_videoclip(model, tokenizer, feature_index, annotations: list[dict],
     text_feats, video_feats = torch.cat(encoded).double(), torch.cat(videos).double()
     sim = (text_feats @ video_feats.T).numpy()
     if dsl:
-        metrics = all_metrics(sim, text_to_video, v2t_dsl=v2t_dsl)
+        metrics = all_metrics(sim, text_to_video, v2t_dsl=v2t_dsl, ties=ties)
     else:
-        metrics = {"t2v": t2v_metrics(sim, text_to_video), "v2t": v2t_metrics(sim, text_to_video)}
+        metrics = {"t2v": t2v_metrics(sim, text_to_video, ties), "v2t": v2t_metrics(sim, text_to_video, ties)}
     if order_acc:
         gt = np.asarray(text_to_video, dtype=np.int64)
         true_scores = sim[np.arange(len(texts)), gt]
@@ -207,7 +207,7 @@ def evaluate_videoclip(model, tokenizer, feature_index, annotations: list[dict],
 
 def evaluate_videoclip_folder(model_dir, features_index, annotations: list[dict], batch_size: int = 64,
                               device: str = "auto", dsl: bool = True, v2t_dsl: str = "transpose",
-                              max_text_len: int | None = DEFAULT_MAX_TEXT_LEN, order_acc: bool = False) -> dict:
+                              ties: str = "expected", max_text_len: int | None = DEFAULT_MAX_TEXT_LEN, order_acc: bool = False) -> dict:
     """Load a VideoCLIP folder (``is_videoclip_folder``) and a feature index (a path, or an open
     ``FeatureIndex``), then ``evaluate_videoclip`` (what ``clipvip evaluate`` runs for such a folder;
     ``--frames-index`` then names the feature index)."""
@@ -220,4 +220,5 @@ def evaluate_videoclip_folder(model_dir, features_index, annotations: list[dict]
     model = VideoCLIPModel.from_pretrained(model_dir).to(device)
     tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
     return evaluate_videoclip(model, tokenizer, features, annotations, batch_size=batch_size, device=device,
-                              dsl=dsl, v2t_dsl=v2t_dsl, max_text_len=max_text_len, order_acc=order_acc)
+                              dsl=dsl, v2t_dsl=v2t_dsl, ties=ties, max_text_len=max_text_len,
+                              order_acc=order_acc)

@@ -239,6 +239,19 @@ def test_position_pairs_repeat_a_still_in_another_cell():
     assert plain == still_specs(np.random.default_rng(6), 16)  # share 0: the plain random batch
 
 
+def test_shape_pairs_repeat_a_still_with_another_shape_at_the_same_spot():
+    from clipvip.tiny_models import _still_batch
+
+    specs, images = _still_batch(np.random.default_rng(6), 16, 64, position_share=0.25, shape_share=0.25)
+    assert images.shape == (16, 64, 64, 3) and len(specs) == 16
+    for original, moved in zip(specs[:4], specs[8:12]):  # the first 4 of 8 fresh stills move cell
+        assert (moved["row"], moved["column"]) != (original["row"], original["column"])
+    for original, reshaped, image in zip(specs[4:8], specs[12:], images[12:]):
+        assert reshaped["shape"] != original["shape"]
+        assert {k: v for k, v in reshaped.items() if k != "shape"} == {k: v for k, v in original.items() if k != "shape"}
+        assert not np.array_equal(image, images[specs.index(original)])  # the drawing changes with the shape
+
+
 def _templates(spec: dict) -> set[str]:
     return {still_caption(spec, _Fixed(i)) for i in range(4)}
 
@@ -277,3 +290,34 @@ def test_killed_run_never_looks_complete_and_rerun_recovers(tmp_path):
     assert main(["--out", str(tmp_path), "--options", json.dumps(SMALL)]) == 0
     assert (tmp_path / "DONE.json").exists() and not tmp_dir.exists()
     assert len(list((tmp_path / "videos").glob("*.mp4"))) == 31
+
+
+def test_shapes_differ_in_extent_and_fill_and_an_unknown_shape_is_refused():
+    from clipvip.demo_data import SHAPES, shape_mask
+
+    ys, xs = np.mgrid[-16:16, -16:16].astype(np.float32) + 0.5
+    extents = {}
+    for shape in SHAPES:
+        mask = shape_mask(shape, xs, ys, 8.0)
+        rows, cols = np.nonzero(mask)
+        extents[shape] = (cols.max() - cols.min() + 1, rows.max() - rows.min() + 1, bool(mask[16, 16]))
+    assert extents["square"] == (16, 16, True)
+    assert extents["bar"] == (20, 8, True) and extents["pillar"] == (8, 20, True)  # lying vs standing
+    assert extents["ring"] == (20, 20, False)  # as wide as a bar, hollow in the middle
+    with pytest.raises(ValueError, match="unknown shape 'circle'"):
+        shape_mask("circle", xs, ys, 8.0)
+
+
+def test_the_demo_config_samples_a_twin_at_exactly_the_reversed_frames():
+    # A twin is its partner's frames backwards; the evaluation's floor-uniform frames must be too, or an
+    # order-blind encoder sees a different, end-leaning subset of the twin and prefers it (docs/demo.md).
+    import yaml
+
+    from clipvip.data.sampling import uniform_indices
+
+    config = yaml.safe_load((Path(__file__).parents[1] / "config.yaml").read_text())
+    clip_frames = config["demo"]["corpus"]["num_frames"]
+    for name, dataset in config["demo"]["defaults"]["datasets"].items():
+        picked = uniform_indices(clip_frames, dataset["num_frames"])
+        assert sorted(clip_frames - 1 - picked) == sorted(picked), name
+    assert sorted(31 - uniform_indices(32, 8)) != sorted(uniform_indices(32, 8))  # what 32 frames did

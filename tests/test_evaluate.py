@@ -106,13 +106,17 @@ def test_evaluate_join_mode_and_without_dsl(setup):
     assert result["num_queries"] == 6 and "t2v_dsl" not in result
 
 
-def test_identical_text_features_rank_pessimistically(setup):
-    # every text identical -> every video ties for every query -> worst rank for all (MdR = num_videos)
+def test_identical_text_features_tie_as_the_tie_rule_says(setup):
+    # every text identical -> every caption ties for every video query
     model = _model(setup, video_encoder="meanpool")
     anns = [{"clip_id": c, "texts": ["the same words"]} for c in CLIPS]
-    result = evaluate_model(model, load_tokenizer(setup / "clip"), FrameIndex(setup / "frames" / "index.json"),
-                            anns, num_frames=NUM_FRAMES, max_text_len=16)
-    assert result["v2t"]["MdR"] == 6.0 and result["v2t"]["R1"] == 0.0
+    index = FrameIndex(setup / "frames" / "index.json")
+    result = evaluate_model(model, load_tokenizer(setup / "clip"), index, anns, num_frames=NUM_FRAMES,
+                            max_text_len=16)
+    assert result["v2t"]["R1"] == pytest.approx(100 / 6) and result["v2t"]["MdR"] == 3.5  # chance, exactly
+    result = evaluate_model(model, load_tokenizer(setup / "clip"), index, anns, num_frames=NUM_FRAMES,
+                            max_text_len=16, ties="pessimistic")
+    assert result["v2t"]["MdR"] == 6.0 and result["v2t"]["R1"] == 0.0  # the worst rank for all
 
 
 def test_cli_writes_row_and_metrics(setup, tmp_path):

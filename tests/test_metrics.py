@@ -30,18 +30,48 @@ def test_three_by_three_known_ranks():
 
 
 def test_three_by_three_video_to_text_with_a_tie():
-    # columns: v0 [0.9, .5, .2] -> rank 1; v1 [.1, .4, .7] -> rank 2; v2 [.3, .6, .6] -> tie -> rank 2
-    m = v2t_metrics(SIM3, [0, 1, 2])
+    # columns: v0 [0.9, .5, .2] -> rank 1; v1 [.1, .4, .7] -> rank 2; v2 [.3, .6, .6] -> tie: rank 1 or 2
+    m = v2t_metrics(SIM3, [0, 1, 2], ties="pessimistic")
     assert m["R1"] == pytest.approx(100 / 3)
     assert m["MdR"] == 2.0
     assert m["MnR"] == pytest.approx(5 / 3)
+    m = v2t_metrics(SIM3, [0, 1, 2])  # expected: v2 is first half the time, at mean rank 1.5
+    assert m["R1"] == pytest.approx(50.0)
+    assert m["MdR"] == 1.5 and m["MnR"] == pytest.approx(1.5)
+    assert v2t_metrics(SIM3, [0, 1, 2], ties="optimistic")["R1"] == pytest.approx(200 / 3)
 
 
-def test_ties_are_pessimistic():
-    m = retrieval_metrics(np.full((4, 4), 0.25), [0, 1, 2, 3])
-    assert m == {"R1": 0.0, "R5": 100.0, "R10": 100.0, "MdR": 4.0, "MnR": 4.0}
-    # a single tie with the ground truth costs exactly one place
+def test_tie_rules_on_a_constant_matrix():
+    sim = np.full((4, 4), 0.25)
+    assert retrieval_metrics(sim, [0, 1, 2, 3], ties="pessimistic") == \
+        {"R1": 0.0, "R5": 100.0, "R10": 100.0, "MdR": 4.0, "MnR": 4.0}
+    assert retrieval_metrics(sim, [0, 1, 2, 3], ties="optimistic") == \
+        {"R1": 100.0, "R5": 100.0, "R10": 100.0, "MdR": 1.0, "MnR": 1.0}
+    # expected: chance, exactly (the ground truth is equally likely in each of the 4 places)
+    assert retrieval_metrics(sim, [0, 1, 2, 3]) == {"R1": 25.0, "R5": 100.0, "R10": 100.0, "MdR": 2.5, "MnR": 2.5}
+    # a single tie with the ground truth costs exactly one place, pessimistically
     assert ranks_from_positives(np.array([[0.5, 0.5, 0.1]]), np.array([[True, False, False]])).tolist() == [2]
+    with pytest.raises(ValueError, match="ties must be one of expected, pessimistic, optimistic; got 'fair'"):
+        retrieval_metrics(sim, [0, 1, 2, 3], ties="fair")
+
+
+def test_expected_ties_equal_random_tie_breaking_and_use_the_tolerance():
+    # Scores on a coarse grid, so that many negatives tie with the ground truth; the reference breaks every
+    # tie by a random jitter far below the grid step, many times over, and averages pessimistic R@K.
+    rng = np.random.default_rng(0)
+    sim = rng.integers(0, 4, size=(40, 30)).astype(np.float64) / 4
+    gt = rng.integers(0, 30, size=40)
+    trials = [retrieval_metrics(sim + rng.uniform(0, 1e-3, sim.shape), gt, ties="pessimistic")
+              for _ in range(3000)]
+    expected = retrieval_metrics(sim, gt)
+    for key in ("R1", "R5", "R10"):
+        assert expected[key] == pytest.approx(np.mean([t[key] for t in trials]), abs=0.5), key
+    assert expected["MnR"] == pytest.approx(np.mean([t["MnR"] for t in trials]), abs=0.1)
+    # within TIE_TOL a float32 rounding difference is a tie; beyond it, an order
+    near = np.array([[0.5, 0.5 + 4e-7, 0.1]])
+    assert retrieval_metrics(near, [0])["R1"] == 50.0
+    assert retrieval_metrics(near, [0], ties="pessimistic")["R1"] == 0.0
+    assert retrieval_metrics(np.array([[0.5, 0.5 + 1e-5, 0.1]]), [0])["R1"] == 0.0
 
 
 def test_recall_at_5_and_10_boundaries():
@@ -60,11 +90,13 @@ IDX_MULTI = [0, 0, 0, 1, 1]
 
 
 def test_multi_caption_both_directions():
-    m = all_metrics(SIM_MULTI, IDX_MULTI)
+    m = all_metrics(SIM_MULTI, IDX_MULTI, ties="pessimistic")
     # t2v ranks: c0 1, c1 2, c2 2 (tie), c3 1, c4 2
     assert m["t2v"]["R1"] == 40.0
     assert m["t2v"]["MdR"] == 2.0
     assert m["t2v"]["MnR"] == pytest.approx(1.6)
+    expected = all_metrics(SIM_MULTI, IDX_MULTI)["t2v"]  # c2's tie: first half the time, mean rank 1.5
+    assert expected["R1"] == 50.0 and expected["MdR"] == 1.5 and expected["MnR"] == pytest.approx(1.5)
     # v2t: v0's best caption c0 (0.8) beats every other video's caption -> 1;
     #      v1's best caption c3 (0.45) is beaten by c1 (0.5) of v0 -> 2 (its own c4 does not count)
     assert m["v2t"]["R1"] == 50.0

@@ -447,3 +447,16 @@ def test_tiny_clip_options_refuse_a_sincos_width_not_divisible_by_4():
     with pytest.raises(OptionError, match=r"clip\.hidden_size.*not a multiple of 4"):
         TinyClipOptions.from_dict({"hidden_size": 30, "position_init": "sincos"}, "clip")
     assert TinyClipOptions.from_dict({"hidden_size": 30}, "clip").position_init == "random"
+
+
+def test_tiny_train_options_refuse_more_repeated_stills_than_originals():
+    from clipvip.stage import OptionError
+    import numpy as np
+
+    from clipvip.tiny_models import TinyTrainOptions, _still_batch
+
+    with pytest.raises(OptionError, match=r"train\.clip_shape_pairs.*0\.3 \+ clip_shape_pairs 0\.25 > 0\.5"):
+        TinyTrainOptions.from_dict({"clip_position_pairs": 0.3, "clip_shape_pairs": 0.25}, "train")
+    assert TinyTrainOptions.from_dict({"clip_position_pairs": 0.3, "clip_shape_pairs": 0.2}, "train")
+    with pytest.raises(ValueError, match="position share 0.5 \\+ shape share 0.25 > 0.5"):
+        _still_batch(np.random.default_rng(0), 16, 64, 0.5, 0.25)

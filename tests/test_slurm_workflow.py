@@ -289,7 +289,7 @@ def test_scancel_mid_training_then_rerun_resumes_to_the_same_weights(demo: Workf
             # cancelled by a user reads "CANCELLED by <uid>": the plugin keeps polling it as running. Do
             # what the user would: Ctrl-C (the plugin's scancel of the already-ended job is harmless).
             proc.send_signal(signal.SIGINT)
-            out, _ = proc.communicate(timeout=120)
+            out, _ = proc.communicate(timeout=300)
     finally:
         if proc.poll() is None:
             proc.kill()
