@@ -148,6 +148,24 @@ def test_cli_writes_row_and_metrics(setup, tmp_path):
     assert again["t2v"] == data["t2v"] and again["row_keys"] == [] and np.isfinite(again["t2v"]["MnR"])
 
 
+def test_cli_tie_rule_is_an_option_and_a_wrong_one_is_refused(setup, tmp_path, capsys):
+    args = ["--model", str(setup / "clip"), "--frames-index", str(setup / "frames" / "index.json"),
+            "--annotations", str(setup / "demo" / "annotations" / "demo_msrvtt_test.jsonl")]
+    results = {}
+    for ties in ("expected", "pessimistic", "optimistic"):
+        out = tmp_path / f"{ties}.json"
+        options = {"num_frames": NUM_FRAMES, "max_text_len": 16, "video_encoder": "meanpool", "ties": ties}
+        assert evaluate_main([*args, "--out", str(out), "--options", json.dumps(options)]) == 0
+        results[ties] = json.loads(out.read_text())
+        assert results[ties]["options"]["ties"] == ties
+    for key in ("R1", "R5", "R10"):
+        assert results["pessimistic"]["t2v"][key] <= results["expected"]["t2v"][key] <= results["optimistic"]["t2v"][key]
+    bad = {"num_frames": NUM_FRAMES, "ties": "random"}
+    assert evaluate_main([*args, "--out", str(tmp_path / "bad.json"), "--options", json.dumps(bad)]) == 2
+    err = capsys.readouterr().err
+    assert "ties" in err and "random" in err and not (tmp_path / "bad.json").exists()
+
+
 def test_cli_refuses_missing_test_clips_unless_allowed(setup, tmp_path, capsys):
     """multi.jsonl's msr_99999 has no frames: any missing test clip fails; a raised limit marks the result."""
     args = ["--model", str(setup / "clip"), "--frames-index", str(setup / "frames" / "index.json"),
