@@ -266,8 +266,11 @@ def test_scancel_mid_training_then_rerun_resumes_to_the_same_weights(demo: Workf
 
     # Run the fine-tune again from scratch and scancel its SLURM job once a few checkpoints exist.
     cmd = demo.cmd(target, "--forcerun", "finetune", "--allowed-rules", "finetune")
+    # SIGINT back to its default in the child: a test session started in the background of a
+    # non-interactive shell (`nohup make test &`) passes SIGINT on ignored, and Ctrl-C below would then be lost.
     proc = subprocess.Popen(cmd, cwd=demo.workdir, env=demo.cluster.env, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
+                            stderr=subprocess.STDOUT, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     jobid, deadline = None, time.monotonic() + 300
     try:
         while time.monotonic() < deadline and proc.poll() is None:
