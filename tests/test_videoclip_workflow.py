@@ -131,8 +131,9 @@ def test_features_store_contract_and_bad_inputs(make_video, tmp_path, tiny_clip)
 
 def test_features_kill_mid_write_leaves_no_store(make_video, tmp_path, tiny_clip):
     good = make_video(num_frames=40, width=96, height=64, fps=8)
-    videos = _copy(tmp_path / "videos", {f"v{i:02d}": good for i in range(40)})
-    (tmp_path / "ids.txt").write_text("".join(f"v{i:02d}\n" for i in range(40)))
+    # Enough clips that the writer is still busy when the signal comes (40 took < 0.3 s on an idle machine).
+    videos = _copy(tmp_path / "videos", {f"v{i:03d}": good for i in range(200)})
+    (tmp_path / "ids.txt").write_text("".join(f"v{i:03d}\n" for i in range(200)))
     out = tmp_path / "f" / "00000.h5"
     opts = json.dumps({"extractor": "clip", "model": str(tiny_clip), "device": "cpu"})
     proc = subprocess.Popen([sys.executable, "-m", "clipvip", "features", "--video-dir", str(videos), "--ids",
@@ -142,7 +143,8 @@ def test_features_kill_mid_write_leaves_no_store(make_video, tmp_path, tiny_clip
     while time.time() < deadline and not list(out.parent.glob("*.tmp-*")):
         time.sleep(0.05)
     assert list(out.parent.glob("*.tmp-*")), proc.communicate()
-    time.sleep(0.3)
+    time.sleep(0.1)
+    assert proc.poll() is None, "the extractor finished before it could be stopped mid-write"
     proc.send_signal(signal.SIGTERM)
     proc.wait(60)
     assert not out.exists() and not list(out.parent.glob("*.tmp-*"))
