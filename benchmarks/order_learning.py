@@ -136,8 +136,8 @@ def main(argv=None) -> int:
     p.add_argument("--lr", type=float, default=2e-4)
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--num-frames", type=int, default=8)
-    p.add_argument("--corpus", type=json.loads, default={}, help="demo corpus options (JSON), e.g. the demo's "
-                   "'{\"heading_marks\": true}'; the clip counts are the benchmark's own")
+    p.add_argument("--corpus", type=json.loads, default={}, help="demo corpus options (JSON), e.g. "
+                   "'{\"seed\": 1, \"num_frames\": 29}'; the clip counts are the benchmark's own")
     p.add_argument("--quick", action="store_true", help="150 steps, settings paper and tlr10")
     a = p.parse_args(argv)
     if not (Path(a.clip) / "config.json").exists():

@@ -233,8 +233,9 @@ def write_tables(frame: pd.DataFrame, row_keys: list[str], out_dir: Path, decima
     flat.reset_index().to_csv(out_dir / "retrieval.csv", index=False)
     frame.to_csv(out_dir / "retrieval_long.csv", index=False)
     rules = sorted(frame["ties"].dropna().unique()) if "ties" in frame else ["pessimistic"]
+    ties = " / ".join(TIE_WORDS.get(rule, rule) for rule in rules)
     note = ("R@K in percent (higher is better); MdR/MnR are 1-based median/mean ranks (lower is better); "
-            f"ties with the ground truth are ranked {' / '.join(TIE_WORDS.get(r, r) for r in rules)}. t2v = text-to-video, v2t = video-to-text. order_acc: % of "
+            f"ties with the ground truth are ranked {ties}. t2v = text-to-video, v2t = video-to-text. order_acc: % of "
             "captions whose video scores above the same frames reversed (ties count 1/2; 50 = order-blind).\n")
     for name, directions, title in (
         ("retrieval.md", ("t2v", "v2t"), "Retrieval results"),
